@@ -1,0 +1,192 @@
+package main
+
+import (
+	"math"
+	"strconv"
+)
+
+// The Prometheus text exposition format, version 0.0.4, appended to a byte
+// slice: no intermediate values, nothing to allocate once the slice is big
+// enough.
+
+const contentType = "text/plain; version=0.0.4; charset=utf-8"
+
+const (
+	longtermName    = "netstat_tcp_longterm_connections_total"
+	longtermHelp    = "TCP connections that are established for a minimal duration"
+	establishedName = "netstat_tcp_established_connections"
+	establishedHelp = "TCP connections that are established, whatever their age"
+	lifetimeName    = "netstat_tcp_connection_lifetime_seconds"
+	lifetimeHelp    = "How long TCP connections lived, from first to last seen established"
+)
+
+// connView is what the connection families are written from.
+type connView struct {
+	simple  bool       // one sample, no labels
+	withDir bool       // a direction label before port
+	series  []*series  // sorted
+	total   *histogram // all lifetimes, for simple mode
+}
+
+// appendConnMetrics writes the long-term gauge, the established gauge and
+// the lifetime histogram.
+func appendConnMetrics(b []byte, v connView) []byte {
+	b = appendHeader(b, longtermName, longtermHelp, "gauge")
+	b = appendCounts(b, v, longtermName, func(s *series) int { return s.longterm })
+	b = appendHeader(b, establishedName, establishedHelp, "gauge")
+	b = appendCounts(b, v, establishedName, func(s *series) int { return s.established })
+	b = appendHeader(b, lifetimeName, lifetimeHelp, "histogram")
+	if v.simple {
+		return appendHistogram(b, nil, v.total)
+	}
+	var labels []byte
+	for _, s := range v.series {
+		labels = appendSeriesLabels(labels[:0], s.key, v.withDir)
+		b = appendHistogram(b, labels, &s.lifetimes)
+	}
+	return b
+}
+
+func appendCounts(b []byte, v connView, name string, count func(*series) int) []byte {
+	if v.simple {
+		n := 0
+		for _, s := range v.series {
+			n += count(s)
+		}
+		return appendIntSample(b, name, nil, n)
+	}
+	for _, s := range v.series {
+		b = append(b, name...)
+		b = append(b, '{')
+		b = appendSeriesLabels(b, s.key, v.withDir)
+		b = append(b, "} "...)
+		b = strconv.AppendInt(b, int64(count(s)), 10)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// appendSeriesLabels writes `direction="in",port="3838",tcp_version="4"`,
+// without braces; all values are digits or words, so nothing to escape.
+func appendSeriesLabels(b []byte, k seriesKey, withDir bool) []byte {
+	if withDir {
+		b = append(b, `direction="`...)
+		b = append(b, k.dir.String()...)
+		b = append(b, `",`...)
+	}
+	b = append(b, `port="`...)
+	b = strconv.AppendUint(b, uint64(k.port), 10)
+	if k.v6 {
+		return append(b, `",tcp_version="6"`...)
+	}
+	return append(b, `",tcp_version="4"`...)
+}
+
+// appendHistogram writes the cumulative buckets, sum and count of h;
+// labels are written without braces and may be empty.
+func appendHistogram(b, labels []byte, h *histogram) []byte {
+	var n uint64
+	for i, c := range h.counts {
+		n += c
+		b = append(b, lifetimeName+"_bucket{"...)
+		if len(labels) > 0 {
+			b = append(b, labels...)
+			b = append(b, ',')
+		}
+		b = append(b, `le="`...)
+		if i < len(lifetimeBuckets) {
+			b = appendFloat(b, lifetimeBuckets[i])
+		} else {
+			b = append(b, "+Inf"...)
+		}
+		b = append(b, `"} `...)
+		b = strconv.AppendUint(b, n, 10)
+		b = append(b, '\n')
+	}
+	b = appendSampleStart(b, lifetimeName+"_sum", labels)
+	b = appendFloat(b, h.sum)
+	b = append(b, '\n')
+	b = appendSampleStart(b, lifetimeName+"_count", labels)
+	b = strconv.AppendUint(b, n, 10)
+	return append(b, '\n')
+}
+
+// appendHeader writes the HELP and TYPE lines of a family.
+func appendHeader(b []byte, name, help, typ string) []byte {
+	b = append(b, "# HELP "...)
+	b = append(b, name...)
+	b = append(b, ' ')
+	b = appendEscaped(b, help, false)
+	b = append(b, "\n# TYPE "...)
+	b = append(b, name...)
+	b = append(b, ' ')
+	b = append(b, typ...)
+	return append(b, '\n')
+}
+
+// appendSampleStart writes a sample's name and labels (without braces, may
+// be empty) and the space before its value.
+func appendSampleStart(b []byte, name string, labels []byte) []byte {
+	b = append(b, name...)
+	if len(labels) > 0 {
+		b = append(b, '{')
+		b = append(b, labels...)
+		b = append(b, '}')
+	}
+	return append(b, ' ')
+}
+
+func appendIntSample(b []byte, name string, labels []byte, v int) []byte {
+	b = appendSampleStart(b, name, labels)
+	b = strconv.AppendInt(b, int64(v), 10)
+	return append(b, '\n')
+}
+
+func appendFloatSample(b []byte, name string, labels []byte, v float64) []byte {
+	b = appendSampleStart(b, name, labels)
+	b = appendFloat(b, v)
+	return append(b, '\n')
+}
+
+// appendLabel writes name="value" with the value escaped, preceded by a
+// comma unless it is the first label.
+func appendLabel(b []byte, name, value string) []byte {
+	if len(b) > 0 {
+		b = append(b, ',')
+	}
+	b = append(b, name...)
+	b = append(b, `="`...)
+	b = appendEscaped(b, value, true)
+	return append(b, '"')
+}
+
+// appendEscaped escapes backslash and newline, and in label values also the
+// double quote, as format 0.0.4 requires.
+func appendEscaped(b []byte, s string, quote bool) []byte {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\':
+			b = append(b, `\\`...)
+		case c == '\n':
+			b = append(b, `\n`...)
+		case c == '"' && quote:
+			b = append(b, `\"`...)
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// appendFloat writes v as Prometheus parsers read it.
+func appendFloat(b []byte, v float64) []byte {
+	switch {
+	case math.IsInf(v, +1):
+		return append(b, "+Inf"...)
+	case math.IsInf(v, -1):
+		return append(b, "-Inf"...)
+	case math.IsNaN(v):
+		return append(b, "NaN"...)
+	}
+	return strconv.AppendFloat(b, v, 'g', -1, 64)
+}

@@ -1,0 +1,3 @@
+module tcp_established_exporter
+
+go 1.26

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"path/filepath"
+	"runtime"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// exporter reads the connection tables into the tracker, one read at a
+// time from one goroutine, and publishes what a scrape writes as a snapshot.
+type exporter struct {
+	s       *settings
+	log     *log.Logger
+	tr      *tracker
+	parser  tableParser
+	files   [2]tableFile
+	observe func(*socket) // tr.observe, bound once
+	lastErr error         // of the previous read
+	badSeen map[string]bool
+	conns   []byte // connection families of the last good read
+	snap    atomic.Pointer[snapshot]
+}
+
+// tableFile is one connection table and what reading it has met.
+type tableFile struct {
+	name                         string // tcp or tcp6
+	path                         string
+	optional                     bool // a kernel without IPv6 has no tcp6
+	missing                      bool // logged as missing
+	reads, readErrors, malformed uint64
+}
+
+// snapshot is what a scrape serves. It is never changed once published.
+type snapshot struct {
+	conns  []byte // connection families, from the last good read
+	health []byte // the exporter's own families
+	err    error  // the last read's error, nil when it succeeded
+}
+
+// maxBadLogged bounds the distinct malformed lines remembered for logging.
+const maxBadLogged = 256
+
+func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
+	cfg := trackConfig{
+		duration: s.duration,
+		port:     s.port,
+		in:       s.direction != "out",
+		out:      s.direction != "in",
+		tcpv6:    s.tcpv6,
+		ownPort:  ownPort,
+	}
+	start := time.Now()
+	x := &exporter{
+		s:       s,
+		log:     logger,
+		tr:      newTracker(cfg, func() time.Duration { return time.Since(start) }),
+		badSeen: make(map[string]bool),
+		files: [2]tableFile{
+			{name: "tcp", path: filepath.Join(s.procfs, "net", "tcp")},
+			{name: "tcp6", path: filepath.Join(s.procfs, "net", "tcp6"), optional: true},
+		},
+	}
+	x.observe = x.tr.observe
+	return x
+}
+
+// poll reads both tables once and publishes a new snapshot. A failed read
+// keeps the last good counts; the error shows in /healthz and the counters.
+func (x *exporter) poll() {
+	start := time.Now()
+	x.tr.begin()
+	var err error
+	for i := range x.files {
+		if err = x.readTable(&x.files[i]); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		x.tr.end()
+		x.conns = appendConnMetrics(make([]byte, 0, len(x.conns)+512), connView{
+			simple:  x.s.simple,
+			withDir: x.s.direction != "in",
+			series:  x.tr.sorted,
+			total:   &x.tr.total,
+		})
+	}
+	x.noteError(err)
+	x.snap.Store(&snapshot{conns: x.conns, health: x.appendHealth(nil, time.Since(start)), err: err})
+}
+
+func (x *exporter) readTable(f *tableFile) error {
+	f.reads++
+	// O_NONBLOCK: a FIFO put in place of the file must not hang the loop.
+	fd, err := syscall.Open(f.path, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ENOENT) && f.optional {
+		if !f.missing {
+			x.log.Printf("%s does not exist: IPv6 connections are not counted", f.path)
+			f.missing = true
+		}
+		return nil
+	}
+	if err != nil {
+		f.readErrors++
+		return fmt.Errorf("open %s: %w", f.path, err)
+	}
+	defer syscall.Close(fd)
+	f.missing = false
+	err = x.parser.parse(rawReader(fd), f.path, x.observe, func(err error) {
+		f.malformed++
+		x.logBadLine(err)
+	})
+	if err != nil {
+		f.readErrors++
+	}
+	return err
+}
+
+// logBadLine logs a malformed line the first time it is met, ignoring its
+// line number, which moves as sockets come and go.
+func (x *exporter) logBadLine(err error) {
+	key := err.Error()
+	if pe, ok := err.(*ParseError); ok {
+		key = pe.Path + pe.Err.Error() + pe.Text
+	}
+	if x.badSeen[key] || len(x.badSeen) > maxBadLogged {
+		return
+	}
+	x.badSeen[key] = true
+	if len(x.badSeen) > maxBadLogged {
+		x.log.Printf("more than %d distinct malformed lines: no longer logging new ones", maxBadLogged)
+		return
+	}
+	x.log.Printf("skipped malformed line: %v", err)
+}
+
+// noteError logs a read error when it first appears and when it clears.
+func (x *exporter) noteError(err error) {
+	switch {
+	case err != nil && (x.lastErr == nil || err.Error() != x.lastErr.Error()):
+		x.log.Printf("reading the connection tables failed, serving the last good counts: %v", err)
+	case err == nil && x.lastErr != nil:
+		x.log.Printf("reading the connection tables works again")
+	}
+	x.lastErr = err
+}
+
+const (
+	buildInfoName = "tcp_established_exporter_build_info"
+	readsName     = "tcp_established_exporter_reads_total"
+	readErrsName  = "tcp_established_exporter_read_errors_total"
+	malformedName = "tcp_established_exporter_malformed_lines_total"
+	lastReadName  = "tcp_established_exporter_last_read_duration_seconds"
+	trackedName   = "tcp_established_exporter_tracked_connections"
+)
+
+// appendHealth writes the exporter's own families.
+func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
+	b = appendHeader(b, buildInfoName, "A metric with a constant '1' value labeled by version and goversion from which tcp_established_exporter was built", "gauge")
+	b = appendIntSample(b, buildInfoName, appendLabel(appendLabel(nil, "version", buildVersion()), "goversion", runtime.Version()), 1)
+	for _, c := range []struct {
+		name, help string
+		value      func(*tableFile) uint64
+	}{
+		{readsName, "Reads of each connection table", func(f *tableFile) uint64 { return f.reads }},
+		{readErrsName, "Reads of each connection table that failed", func(f *tableFile) uint64 { return f.readErrors }},
+		{malformedName, "Malformed lines skipped in each connection table", func(f *tableFile) uint64 { return f.malformed }},
+	} {
+		b = appendHeader(b, c.name, c.help, "counter")
+		for i := range x.files {
+			f := &x.files[i]
+			b = appendIntSample(b, c.name, appendLabel(nil, "file", f.name), int(c.value(f)))
+		}
+	}
+	b = appendHeader(b, lastReadName, "How long the last read of the connection tables took", "gauge")
+	b = appendFloatSample(b, lastReadName, nil, took.Seconds())
+	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
+	return appendIntSample(b, trackedName, nil, x.tr.tracked())
+}
+
+// rawReader reads a file descriptor with raw read(2) calls. Reads of
+// /proc/net never block, and a raw call skips the scheduler's round trip
+// that os.File pays on each of the hundreds of page-sized reads a table
+// takes (see PERF-NOTES.md).
+type rawReader int
+
+func (fd rawReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e != 0:
+			return 0, e
+		case n == 0:
+			return 0, io.EOF
+		}
+		return int(n), nil
+	}
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// settings are the effective settings of the exporter (SPEC section 2).
+type settings struct {
+	simple    bool
+	tcpv6     bool
+	port      int
+	listen    string // host:port, host may be empty
+	duration  time.Duration
+	interval  time.Duration
+	direction string // in, out or all
+	procfs    string
+	conf      string
+}
+
+// setting describes one setting: its names, default and how to take a value.
+type setting struct {
+	name, env, def, usage string
+	isBool                bool
+	set                   func(s *settings, v string) error
+}
+
+var allSettings = []setting{
+	{"simple", "SIMPLE", "false", "one gauge without labels instead of one series per port and IP version", true,
+		func(s *settings, v string) (err error) { s.simple, err = parseBool(v); return }},
+	{"tcpv6", "TCPV6", "true", "also count IPv6 connections", true,
+		func(s *settings, v string) (err error) { s.tcpv6, err = parseBool(v); return }},
+	{"port", "PORT", "-1", "the one service port to observe; -1 observes all", false,
+		func(s *settings, v string) (err error) { s.port, err = parsePort(v, true); return }},
+	{"listen", "LISTEN", "9690", "where the HTTP server listens: a port or host:port", false,
+		func(s *settings, v string) (err error) { s.listen, err = parseListen(v); return }},
+	{"duration", "DURATION", "6", "minimum age of a long-term connection: seconds or a Go duration", false,
+		func(s *settings, v string) (err error) { s.duration, err = parseDuration(v); return }},
+	{"interval", "INTERVAL", "1s", "how often the connection tables are read: seconds or a Go duration", false,
+		func(s *settings, v string) (err error) { s.interval, err = parseDuration(v); return }},
+	{"direction", "DIRECTION", "in", "which connections count: in, out or all", false,
+		func(s *settings, v string) (err error) { s.direction, err = parseDirection(v); return }},
+	{"procfs", "PROCFS", "/proc", "root of the proc filesystem, e.g. /host/proc", false,
+		func(s *settings, v string) error { s.procfs = v; return nil }},
+}
+
+// confNames are the names of the configuration file setting, which can be
+// given as a flag or in the environment only.
+var confNames = [...]struct{ flag, env string }{{"conf", "CONF"}, {"config", "CONFIG"}}
+
+// errVersion is returned by loadSettings when --version was asked for.
+var errVersion = errors.New("version requested")
+
+// settingError says which setting got which bad value from where.
+type settingError struct {
+	name, value, source string
+	err                 error
+}
+
+func (e *settingError) Error() string {
+	return fmt.Sprintf("invalid value %q for %s from %s: %v", e.value, e.name, e.source, e.err)
+}
+
+func (e *settingError) Unwrap() error { return e.err }
+
+// rawFlag keeps a flag's text; values are checked later, in precedence order.
+type rawFlag struct {
+	value  *string
+	isBool bool
+}
+
+func (f rawFlag) String() string {
+	if f.value == nil {
+		return ""
+	}
+	return *f.value
+}
+func (f rawFlag) Set(v string) error { *f.value = v; return nil }
+func (f rawFlag) IsBoolFlag() bool   { return f.isBool }
+
+// loadSettings takes settings from args, then the environment, then the
+// configuration file, then the defaults. It returns flag.ErrHelp for -h and
+// errVersion for --version.
+func loadSettings(args []string, getenv func(string) string) (*settings, error) {
+	fs := flag.NewFlagSet("tcp_established_exporter", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	flags := make(map[string]*string)
+	for _, st := range allSettings {
+		flags[st.name] = new(string)
+		fs.Var(rawFlag{flags[st.name], st.isBool}, st.name, st.usage)
+	}
+	for _, c := range confNames {
+		flags[c.flag] = new(string)
+		fs.Var(rawFlag{value: flags[c.flag]}, c.flag, "path of a configuration file")
+	}
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if *version {
+		return nil, errVersion
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	given := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+
+	s := new(settings)
+	for _, st := range allSettings {
+		if err := st.set(s, st.def); err != nil {
+			panic("bad default for " + st.name) // a bug, caught by the tests
+		}
+	}
+	if err := s.readConf(given, flags, getenv); err != nil {
+		return nil, err
+	}
+	for _, st := range allSettings {
+		if v := getenv(st.env); v != "" {
+			if err := st.set(s, v); err != nil {
+				return nil, &settingError{st.name, v, "env " + st.env, err}
+			}
+		}
+	}
+	for _, st := range allSettings {
+		if v := *flags[st.name]; given[st.name] {
+			if err := st.set(s, v); err != nil {
+				return nil, &settingError{st.name, v, "flag -" + st.name, err}
+			}
+		}
+	}
+	return s, nil
+}
+
+// readConf finds the configuration file (flag before environment, conf
+// before its alias config) and applies it.
+func (s *settings) readConf(given map[string]bool, flags map[string]*string, getenv func(string) string) error {
+	var source string
+	for _, c := range confNames {
+		if given[c.flag] {
+			s.conf, source = *flags[c.flag], "flag -"+c.flag
+			break
+		}
+	}
+	for _, c := range confNames {
+		if source != "" {
+			break
+		}
+		if v := getenv(c.env); v != "" {
+			s.conf, source = v, "env "+c.env
+		}
+	}
+	if source == "" {
+		return nil
+	}
+	data, err := os.ReadFile(s.conf)
+	if err != nil {
+		return &settingError{"conf", s.conf, source, unwrapPathError(err)}
+	}
+	return s.applyConf(s.conf, data)
+}
+
+// unwrapPathError drops the path from an *os.PathError, which the message
+// already names.
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return fmt.Errorf("%s: %w", pe.Op, pe.Err)
+	}
+	return err
+}
+
+// applyConf applies a configuration file: `name value`, `name=value` or
+// `name = value` a line, a bare boolean name meaning true, # comments.
+func (s *settings) applyConf(path string, data []byte) error {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		name, value, bare := splitConfLine(sc.Text())
+		if name == "" {
+			continue
+		}
+		where := fmt.Sprintf("%s:%d", path, n)
+		st := findSetting(name)
+		if st == nil {
+			return fmt.Errorf("%s: unknown setting %q", where, name)
+		}
+		if bare {
+			if !st.isBool {
+				return fmt.Errorf("%s: setting %s needs a value", where, st.name)
+			}
+			value = "true"
+		}
+		if err := st.set(s, value); err != nil {
+			return &settingError{st.name, value, where, err}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// splitConfLine splits one line of a configuration file; name is empty for a
+// blank or comment line, and bare is true when there is no value.
+func splitConfLine(line string) (name, value string, bare bool) {
+	line = strings.TrimSuffix(line, "\r")
+	line = strings.Trim(line, " \t")
+	if line == "" || line[0] == '#' {
+		return "", "", false
+	}
+	i := strings.IndexAny(line, " \t=")
+	if i < 0 {
+		return line, "", true
+	}
+	name, value = line[:i], strings.TrimLeft(line[i:], " \t")
+	if strings.HasPrefix(value, "=") {
+		value = strings.TrimLeft(value[1:], " \t")
+	}
+	return name, value, false
+}
+
+func findSetting(name string) *setting {
+	for i := range allSettings {
+		if strings.EqualFold(allSettings[i].name, name) {
+			return &allSettings[i]
+		}
+	}
+	return nil
+}
+
+// printUsage lists every setting with its environment variable and default.
+func printUsage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: tcp_established_exporter [flags]\n\n"+
+		"Counts the TCP connections established for at least a minimum duration\n"+
+		"and serves the counts to Prometheus. Every setting can be given as a flag,\n"+
+		"an environment variable or a line of the configuration file, in that precedence.\n\n")
+	for _, st := range allSettings {
+		fmt.Fprintf(w, "  -%s (env %s, default %s)\n    \t%s\n", st.name, st.env, st.def, st.usage)
+	}
+	fmt.Fprintf(w, "  -conf, -config (env CONF, CONFIG, default none)\n    \tpath of a configuration file: `name value` a line\n")
+	fmt.Fprintf(w, "  -version\n    \tprint the version and exit\n")
+}
+
+var (
+	errBool      = errors.New("not a boolean (true, false, 1, 0, t, f)")
+	errPortRange = errors.New("not a port number (1 to 65535)")
+	errPortAll   = errors.New("not a port number (1 to 65535, or -1 for all)")
+	errListen    = errors.New("not a port or host:port")
+	errDuration  = errors.New("not a positive number of seconds or Go duration")
+	errDirection = errors.New("not one of in, out, all")
+)
+
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "true", "t", "1":
+		return true, nil
+	case "false", "f", "0":
+		return false, nil
+	}
+	return false, errBool
+}
+
+func parsePort(v string, allowAll bool) (int, error) {
+	n, err := strconv.Atoi(v)
+	switch {
+	case err == nil && n >= 1 && n <= 65535:
+		return n, nil
+	case err == nil && n == -1 && allowAll:
+		return n, nil
+	case allowAll:
+		return 0, errPortAll
+	}
+	return 0, errPortRange
+}
+
+// parseListen takes "9690" (all addresses) or "host:port".
+func parseListen(v string) (string, error) {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		if strings.Contains(v, ":") {
+			return "", errListen
+		}
+		host, port = "", v
+	}
+	if _, err := parsePort(port, false); err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// parseDuration takes whole seconds ("6") or a Go duration ("1m30s").
+func parseDuration(v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if n, nerr := strconv.ParseInt(v, 10, 64); nerr == nil {
+		d, err = time.Duration(n)*time.Second, nil
+		if n > int64(math.MaxInt64/time.Second) {
+			err = errDuration
+		}
+	}
+	if err != nil || d <= 0 {
+		return 0, errDuration
+	}
+	return d, nil
+}
+
+func parseDirection(v string) (string, error) {
+	switch v = strings.ToLower(v); v {
+	case "in", "out", "all":
+		return v, nil
+	}
+	return "", errDirection
+}

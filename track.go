@@ -1,0 +1,330 @@
+package main
+
+import (
+	"cmp"
+	"math/bits"
+	"slices"
+	"time"
+)
+
+// direction tells whether a connection was accepted by a local listener (in)
+// or opened from here (out).
+type direction uint8
+
+const (
+	dirIn direction = iota
+	dirOut
+)
+
+func (d direction) String() string {
+	if d == dirIn {
+		return "in"
+	}
+	return "out"
+}
+
+// trackConfig is what the tracker needs of the settings.
+type trackConfig struct {
+	duration time.Duration // minimum age of a long-term connection
+	port     int           // the one service port to count, or -1
+	in, out  bool          // which directions count
+	tcpv6    bool          // count IPv6 connections too
+	ownPort  uint16        // the exporter's own listening port, never counted
+}
+
+// seriesKey names one series: direction, service port and IP version.
+type seriesKey struct {
+	dir  direction
+	port uint16
+	v6   bool
+}
+
+func (k seriesKey) compare(o seriesKey) int {
+	return cmp.Or(cmp.Compare(k.port, o.port), cmp.Compare(b2i(k.v6), b2i(o.v6)), cmp.Compare(k.dir, o.dir))
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// series holds what one series counts. The counts are those of the last
+// read; the histogram accumulates for as long as the series exists.
+type series struct {
+	key         seriesKey
+	longterm    int // established for at least duration
+	established int // established, any age
+	lifetimes   histogram
+	keep        bool // a listener or the port setting keeps it at zero
+}
+
+// connKey is a connection's identity. Addresses are kept as 16 bytes
+// (IPv4 as ::ffff:a.b.c.d) so that the map holds no pointers for the
+// garbage collector to scan.
+type connKey struct {
+	local, remote [16]byte
+	lport, rport  uint16
+	inode         uint64
+}
+
+// v4 reports whether the connection is IPv4, also when tcp6 lists it.
+func (k *connKey) v4() bool {
+	return [12]byte(k.local[:12]) == [12]byte{10: 0xff, 11: 0xff}
+}
+
+type connEntry struct {
+	first    time.Duration // first seen established, monotonic
+	seen     uint32        // generation of the last read that listed it
+	key      seriesKey
+	selected bool // counted under the settings
+}
+
+// portSet is a set of TCP ports.
+type portSet [65536 / 64]uint64
+
+func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
+func (s *portSet) has(p uint16) bool { return s[p/64]&(1<<(p%64)) != 0 }
+func (s *portSet) clear()            { *s = portSet{} }
+
+func (s *portSet) each(fn func(p uint16)) {
+	for i, w := range s {
+		for ; w != 0; w &= w - 1 {
+			fn(uint16(i*64 + bits.TrailingZeros64(w)))
+		}
+	}
+}
+
+// tracker turns successive reads of the connection tables into ages and
+// counts. A read is begin, observe for every socket, then end; a read that
+// fails half-way is simply not ended, and the next begin starts afresh.
+type tracker struct {
+	cfg trackConfig
+	now func() time.Duration // monotonic clock
+
+	conns   map[connKey]int32 // index into entries
+	entries []connEntry
+	free    []int32 // unused indices of entries
+
+	gen     uint32        // the current read
+	readAt  time.Duration // when the current read began
+	lastAt  time.Duration // when the last ended read began
+	seenN   int           // entries listed by the current read
+	pending []connKey     // connections first seen in the current read
+
+	listen4, listen6 portSet // local ports with a LISTEN socket in tcp / tcp6
+	listenAny        portSet // a tcp6 listener on :: takes IPv4 too
+
+	series map[seriesKey]*series
+	sorted []*series // the series after the last end, sorted
+	total  histogram // all lifetimes, for simple mode: it outlives every series
+}
+
+func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
+	return &tracker{
+		cfg:    cfg,
+		now:    now,
+		conns:  make(map[connKey]int32),
+		series: make(map[seriesKey]*series),
+	}
+}
+
+// begin starts a read.
+func (t *tracker) begin() {
+	t.gen++
+	t.readAt = t.now()
+	t.seenN = 0
+	t.pending = t.pending[:0]
+	t.listen4.clear()
+	t.listen6.clear()
+	t.listenAny.clear()
+	for _, s := range t.series {
+		s.longterm, s.established, s.keep = 0, 0, false
+	}
+}
+
+// observe takes one socket of the current read.
+func (t *tracker) observe(s *socket) {
+	switch s.State {
+	case stateListen:
+		t.observeListen(s)
+	case stateEstablished:
+		t.observeEstablished(s)
+	}
+}
+
+func (t *tracker) observeListen(s *socket) {
+	p := s.Local.Port()
+	a := s.Local.Addr()
+	switch {
+	case a.Is4() || a.Is4In6():
+		t.listen4.add(p)
+	case a.IsUnspecified():
+		t.listenAny.add(p)
+	default:
+		t.listen6.add(p)
+	}
+}
+
+func (t *tracker) observeEstablished(s *socket) {
+	k := connKey{
+		local:  s.Local.Addr().As16(),
+		remote: s.Remote.Addr().As16(),
+		lport:  s.Local.Port(),
+		rport:  s.Remote.Port(),
+		inode:  s.Inode,
+	}
+	c := &t.cfg
+	if k.lport == c.ownPort || !c.tcpv6 && !k.v4() ||
+		c.port >= 0 && int(k.lport) != c.port && int(k.rport) != c.port {
+		return // can never count: not worth remembering
+	}
+	i, ok := t.conns[k]
+	if !ok {
+		t.pending = append(t.pending, k)
+		return
+	}
+	e := &t.entries[i]
+	if e.seen == t.gen {
+		return // listed twice in one read
+	}
+	e.seen = t.gen
+	t.seenN++
+	if e.selected {
+		t.count(e)
+	}
+}
+
+func (t *tracker) count(e *connEntry) {
+	s := t.seriesFor(e.key)
+	s.established++
+	if t.readAt-e.first >= t.cfg.duration {
+		s.longterm++
+	}
+}
+
+func (t *tracker) seriesFor(k seriesKey) *series {
+	s := t.series[k]
+	if s == nil {
+		s = &series{key: k}
+		t.series[k] = s
+	}
+	return s
+}
+
+func (t *tracker) listening(p uint16) bool {
+	return t.listen4.has(p) || t.listen6.has(p) || t.listenAny.has(p)
+}
+
+// end finishes the current read: it classifies the new connections,
+// forgets the ones that are gone and brings the series up to date.
+func (t *tracker) end() {
+	for _, k := range t.pending {
+		t.add(k)
+	}
+	if t.seenN < len(t.conns) {
+		t.forgetGone()
+	}
+	t.keepIdleSeries()
+	t.sorted = t.sorted[:0]
+	for k, s := range t.series {
+		if s.established == 0 && !s.keep {
+			delete(t.series, k)
+			continue
+		}
+		t.sorted = append(t.sorted, s)
+	}
+	slices.SortFunc(t.sorted, func(a, b *series) int { return a.key.compare(b.key) })
+	t.lastAt = t.readAt
+}
+
+// add starts tracking a connection first seen in the current read.
+func (t *tracker) add(k connKey) {
+	if i, ok := t.conns[k]; ok && t.entries[i].seen == t.gen {
+		return // listed twice in one read
+	}
+	e := connEntry{first: t.readAt, seen: t.gen}
+	e.key.v6 = !k.v4()
+	e.key.dir, e.key.port = dirOut, k.rport
+	if t.listening(k.lport) {
+		e.key.dir, e.key.port = dirIn, k.lport
+	}
+	e.selected = (e.key.dir == dirIn && t.cfg.in || e.key.dir == dirOut && t.cfg.out) &&
+		(t.cfg.port < 0 || int(e.key.port) == t.cfg.port)
+	var i int32
+	if n := len(t.free); n > 0 {
+		i, t.free = t.free[n-1], t.free[:n-1]
+		t.entries[i] = e
+	} else {
+		i = int32(len(t.entries))
+		t.entries = append(t.entries, e)
+	}
+	t.conns[k] = i
+	t.seenN++
+	if e.selected {
+		t.count(&t.entries[i])
+	}
+}
+
+// forgetGone drops the connections the current read did not list, and
+// records how long the counted ones lived: from first seen to the last
+// read that listed them.
+func (t *tracker) forgetGone() {
+	for k, i := range t.conns {
+		e := &t.entries[i]
+		if e.seen == t.gen {
+			continue
+		}
+		if e.selected {
+			v := (t.lastAt - e.first).Seconds()
+			t.seriesFor(e.key).lifetimes.observe(v)
+			t.total.observe(v)
+		}
+		delete(t.conns, k)
+		t.free = append(t.free, i)
+	}
+}
+
+// keepIdleSeries marks the series that exist at zero: inbound series of
+// listening ports, and those of the port setting.
+func (t *tracker) keepIdleSeries() {
+	c := &t.cfg
+	keep := func(dir direction, p uint16, v6 bool) {
+		if p == c.ownPort || v6 && !c.tcpv6 || c.port >= 0 && int(p) != c.port {
+			return
+		}
+		t.seriesFor(seriesKey{dir, p, v6}).keep = true
+	}
+	if c.in {
+		t.listen4.each(func(p uint16) { keep(dirIn, p, false) })
+		t.listen6.each(func(p uint16) { keep(dirIn, p, true) })
+		t.listenAny.each(func(p uint16) { keep(dirIn, p, false); keep(dirIn, p, true) })
+	}
+	if c.port >= 0 {
+		for _, d := range []direction{dirIn, dirOut} {
+			if d == dirIn && c.in || d == dirOut && c.out {
+				keep(d, uint16(c.port), false)
+				keep(d, uint16(c.port), true)
+			}
+		}
+	}
+}
+
+// tracked is the number of connections the tracker remembers.
+func (t *tracker) tracked() int { return len(t.conns) }
+
+// lifetimeBuckets are the upper bounds of the lifetime histogram (SPEC 6).
+var lifetimeBuckets = [...]float64{1, 6, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400}
+
+// histogram counts observations per bucket, not cumulated.
+type histogram struct {
+	counts [len(lifetimeBuckets) + 1]uint64 // the last is +Inf
+	sum    float64
+}
+
+func (h *histogram) observe(v float64) {
+	i, _ := slices.BinarySearch(lifetimeBuckets[:], v)
+	h.counts[i]++
+	h.sum += v
+}
