@@ -36,11 +36,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -132,94 +137,46 @@ func oneLine(s string) string {
 	return strings.Join(strings.Fields(s), " ")
 }
 
-// portPlan is one service port and the held connections that go to it.
-type portPlan struct {
-	port   int // 0: let the worker pick an ephemeral port
-	v4, v6 int
-}
-
-// planPorts spreads c.n connections evenly over c.ports ports, and the
-// IPv6 share of them evenly too.
-func planPorts(c config) []portPlan {
-	k := c.ports
-	nv6 := int(float64(c.n)*c.v6 + 0.5)
-	pp := make([]portPlan, k)
-	for j := range pp {
-		if c.basePort > 0 {
-			pp[j].port = c.basePort + j
-		}
-		total := c.n/k + b2i(j < c.n%k)
-		pp[j].v6 = nv6/k + b2i(j < nv6%k)
-		pp[j].v4 = total - pp[j].v6
+// workerMain runs a child process started by startChild: it holds its
+// share until SIGTERM/SIGINT, -life, or EOF on stdin (parent gone), and
+// reports on stdout one "kind text" line per event.
+func workerMain(args []string) int {
+	var spec workerSpec
+	var plan string
+	var life time.Duration
+	fs := flag.NewFlagSet("load -worker", flag.ContinueOnError)
+	fs.StringVar(&plan, "plan", "", "port:v4:v6,...")
+	fs.Float64Var(&spec.churn, "churn", 0, "churn per second")
+	fs.Float64Var(&spec.v6, "v6", 0, "IPv6 fraction of churn")
+	fs.DurationVar(&life, "life", 0, "exit after this long whatever happens")
+	err := fs.Parse(args)
+	if err == nil {
+		spec.ports, err = decodePlan(plan)
 	}
-	return pp
-}
-
-func b2i(b bool) int {
-	if b {
+	var mu sync.Mutex
+	emit := func(kind, text string) {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(os.Stdout, "%s %s\n", kind, oneLine(text))
+	}
+	if err == nil && (life <= 0 || life > setupTimeout+maxHold+stopTimeout) {
+		err = fmt.Errorf("-life %v out of range", life)
+	}
+	if err != nil {
+		emit("error", err.Error())
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, life)
+	defer cancel()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	if err := runWorker(ctx, spec, emit); err != nil {
+		emit("error", err.Error())
 		return 1
 	}
 	return 0
-}
-
-// partition gives each of procs workers a contiguous block of ports;
-// procs <= len(pp), so no block is empty.
-func partition(pp []portPlan, procs int) [][]portPlan {
-	out := make([][]portPlan, procs)
-	for j, p := range pp {
-		w := j * procs / len(pp)
-		out[w] = append(out[w], p)
-	}
-	return out
-}
-
-// fdsNeeded is what one process holding ps costs: 2 fds per connection,
-// 2 listeners per port, and the margin.
-func fdsNeeded(ps []portPlan) uint64 {
-	n := uint64(fdMargin)
-	for _, p := range ps {
-		n += 2*uint64(p.v4+p.v6) + 2
-	}
-	return n
-}
-
-// choosePlan splits the ports among -procs workers, or among the fewest
-// workers that each fit in limit fds.
-func choosePlan(c config, pp []portPlan, limit uint64) ([][]portPlan, error) {
-	if c.procs > 0 {
-		parts := partition(pp, c.procs)
-		for _, ps := range parts {
-			if need := fdsNeeded(ps); need > limit {
-				return nil, fmt.Errorf("a process needs %d fds, over the limit of %d: use more -procs", need, limit)
-			}
-		}
-		return parts, nil
-	}
-	for procs := 1; procs <= len(pp) && procs <= maxProcs; procs++ {
-		parts := partition(pp, procs)
-		fit := true
-		for _, ps := range parts {
-			fit = fit && fdsNeeded(ps) <= limit
-		}
-		if fit {
-			return parts, nil
-		}
-	}
-	return nil, fmt.Errorf("%d connections over %d ports do not fit in %d processes of %d fds each: "+
-		"each process needs ports of its own, raise -ports", c.n, c.ports, min(len(pp), maxProcs), limit)
-}
-
-// checkSources rejects plans that need more client source addresses than
-// loopback offers: IPv6 has only ::1, IPv4 gets maxV4Sources addresses.
-func checkSources(pp []portPlan) error {
-	per := perSource()
-	for _, p := range pp {
-		if p.v6 > per {
-			return fmt.Errorf("%d IPv6 connections to one port exceed the %d one source address can make: raise -ports", p.v6, per)
-		}
-		if p.v4 > per*maxV4Sources {
-			return fmt.Errorf("%d IPv4 connections to one port exceed %d: raise -ports", p.v4, per*maxV4Sources)
-		}
-	}
-	return nil
 }
