@@ -44,6 +44,7 @@ type coordinator struct {
 	failure  error
 	churnOK  int64
 	churnErr int64
+	heldFor  time.Duration
 }
 
 func runParent(c config) error {
@@ -83,7 +84,7 @@ func runParent(c config) error {
 		err = co.failure
 	}
 	if err == nil {
-		fmt.Fprintf(os.Stderr, "load: done after holding %v; churn: %d ok, %d failed\n", c.hold, co.churnOK, co.churnErr)
+		fmt.Fprintf(os.Stderr, "load: done after holding %v; churn: %d ok, %d failed\n", co.heldFor, co.churnOK, co.churnErr)
 	}
 	return err
 }
@@ -95,7 +96,7 @@ func (co *coordinator) start(parts [][]portPlan) error {
 		spec := workerSpec{ports: ps, churn: co.cfg.churn * float64(len(ps)) / float64(co.cfg.ports), v6: co.cfg.v6}
 		var h *handle
 		var err error
-		if len(parts) == 1 && co.cfg.procs <= 1 {
+		if len(parts) == 1 {
 			h = startInProcess(i, spec, co.events)
 		} else if h, err = startChild(i, spec, co.cfg.hold, co.events); err != nil {
 			return err
@@ -125,7 +126,9 @@ func startChild(id int, spec workerSpec, hold time.Duration, events chan<- event
 		"-v6", strconv.FormatFloat(spec.v6, 'g', -1, 64),
 		"-life", (setupTimeout + hold + stopTimeout).String())
 	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Own process group: a terminal's Ctrl-C reaches only the parent, which
+	// stops the workers itself, instead of racing it to them.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -207,6 +210,8 @@ func (co *coordinator) waitReady(ctx context.Context) error {
 func (co *coordinator) hold(ctx context.Context) error {
 	timer := time.NewTimer(co.cfg.hold)
 	defer timer.Stop()
+	start := time.Now()
+	defer func() { co.heldFor = time.Since(start).Round(time.Millisecond) }()
 	for {
 		select {
 		case <-ctx.Done():

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// sock makes a socket from text addresses.
+func sock(local, remote string, st tcpState, inode uint64) socket {
+	return socket{netip.MustParseAddrPort(local), netip.MustParseAddrPort(remote), st, inode}
+}
+
+func listener(local string, inode uint64) socket {
+	if netip.MustParseAddrPort(local).Addr().Is4() {
+		return sock(local, "0.0.0.0:0", stateListen, inode)
+	}
+	return sock(local, "[::]:0", stateListen, inode)
+}
+
+// row is one series as the tracker counts it.
+type row struct {
+	Key                   string // direction/port/version
+	Longterm, Established int
+}
+
+func rows(tr *tracker) []row {
+	var got []row
+	for _, s := range tr.sorted {
+		v := "4"
+		if s.key.v6 {
+			v = "6"
+		}
+		got = append(got, row{s.key.dir.String() + "/" + strconv.Itoa(int(s.key.port)) + "/" + v, s.longterm, s.established})
+	}
+	return got
+}
+
+// step is one read of the tables at a time on the fake clock.
+type step struct {
+	at      time.Duration
+	sockets []socket
+	want    []row
+}
+
+// fakeClock is the tracker's monotonic clock, moved by the test.
+type fakeClock struct{ now time.Duration }
+
+func (c *fakeClock) read() time.Duration { return c.now }
+
+var defaultCfg = trackConfig{duration: 6 * time.Second, port: -1, in: true, tcpv6: true, ownPort: 9690}
+
+func runSteps(t *testing.T, cfg trackConfig, steps []step) *tracker {
+	t.Helper()
+	clock := new(fakeClock)
+	tr := newTracker(cfg, clock.read)
+	for i, st := range steps {
+		clock.now = st.at
+		tr.begin()
+		for _, s := range st.sockets {
+			tr.observe(&s)
+		}
+		tr.end()
+		if diff := cmp.Diff(st.want, rows(tr)); diff != "" {
+			t.Fatalf("step %d (at %s): series mismatch (-want +got):\n%s", i, st.at, diff)
+		}
+	}
+	return tr
+}
+
+var (
+	lis80   = listener("127.0.0.1:80", 1)
+	lis80v6 = listener("[::1]:80", 2)
+	lisAny  = listener("[::]:3838", 3)
+	in1     = sock("127.0.0.1:80", "127.0.0.1:40001", stateEstablished, 11)
+	in1Out  = sock("127.0.0.1:40001", "127.0.0.1:80", stateEstablished, 12) // the client end of in1
+	in2     = sock("127.0.0.1:80", "127.0.0.1:40002", stateEstablished, 13)
+	in6     = sock("[::1]:80", "[::1]:40003", stateEstablished, 14)
+	mapped  = sock("[::ffff:127.0.0.1]:3838", "[::ffff:127.0.0.1]:40004", stateEstablished, 15)
+	v6Any   = sock("[::1]:3838", "[::1]:40005", stateEstablished, 16)
+	timeW   = sock("127.0.0.1:80", "127.0.0.1:40006", stateTimeWait, 0)
+	own     = sock("127.0.0.1:9690", "127.0.0.1:40007", stateEstablished, 17)
+)
+
+func TestTrackerAgeThreshold(t *testing.T) {
+	socks := []socket{lis80, in1, timeW, own, listener("127.0.0.1:9690", 4)}
+	runSteps(t, defaultCfg, []step{
+		{at: 10 * time.Second, sockets: socks, want: []row{{"in/80/4", 0, 1}}},
+		{at: 15999 * time.Millisecond, sockets: socks, want: []row{{"in/80/4", 0, 1}}},
+		{at: 16 * time.Second, sockets: socks, want: []row{{"in/80/4", 1, 1}}}, // exactly duration
+		{at: 17 * time.Second, sockets: socks, want: []row{{"in/80/4", 1, 1}}},
+	})
+}
+
+func TestTrackerNewInodeStartsAtZero(t *testing.T) {
+	reopened := in1
+	reopened.Inode = 99
+	runSteps(t, defaultCfg, []step{
+		{at: 0, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 7 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 1, 1}}},
+		{at: 8 * time.Second, sockets: []socket{lis80, reopened}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 14 * time.Second, sockets: []socket{lis80, reopened}, want: []row{{"in/80/4", 1, 1}}},
+	})
+}
+
+func TestTrackerDirectionAndFilters(t *testing.T) {
+	all := []socket{lis80, lis80v6, lisAny, in1, in1Out, in2, in6, mapped, v6Any, own}
+	tests := []struct {
+		name string
+		cfg  func(c *trackConfig)
+		want []row // after duration: long-term equals established
+	}{
+		{"in", func(c *trackConfig) {}, []row{
+			{"in/80/4", 2, 2}, {"in/80/6", 1, 1}, {"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
+		{"out", func(c *trackConfig) { c.in, c.out = false, true }, []row{{"out/80/4", 1, 1}}},
+		{"all", func(c *trackConfig) { c.out = true }, []row{
+			{"in/80/4", 2, 2}, {"out/80/4", 1, 1}, {"in/80/6", 1, 1}, {"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
+		{"port", func(c *trackConfig) { c.port = 3838 }, []row{{"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
+		{"port idle", func(c *trackConfig) { c.port = 443; c.out = true }, []row{
+			{"in/443/4", 0, 0}, {"out/443/4", 0, 0}, {"in/443/6", 0, 0}, {"out/443/6", 0, 0}}},
+		{"no tcpv6 keeps mapped", func(c *trackConfig) { c.tcpv6 = false }, []row{
+			{"in/80/4", 2, 2}, {"in/3838/4", 1, 1}}},
+		{"own port is never counted", func(c *trackConfig) { c.ownPort = 80 }, []row{
+			{"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := defaultCfg
+			tt.cfg(&cfg)
+			young := make([]row, len(tt.want))
+			for i, r := range tt.want {
+				young[i] = row{r.Key, 0, r.Established}
+			}
+			runSteps(t, cfg, []step{
+				{at: 0, sockets: all, want: young},
+				{at: cfg.duration, sockets: all, want: tt.want},
+			})
+		})
+	}
+}
+
+func TestTrackerListedTwiceCountsOnce(t *testing.T) {
+	runSteps(t, defaultCfg, []step{
+		{at: 0, sockets: []socket{lis80, in1, in1, in2}, want: []row{{"in/80/4", 0, 2}}},
+		{at: 6 * time.Second, sockets: []socket{lis80, in1, in2, in1, lis80}, want: []row{{"in/80/4", 2, 2}}},
+	})
+}
+
+// The direction is fixed at first sight: a listener that appears later
+// does not turn an outbound connection into an inbound one.
+func TestTrackerDirectionFixedAtFirstSight(t *testing.T) {
+	cfg := defaultCfg
+	cfg.out = true
+	runSteps(t, cfg, []step{
+		{at: 0, sockets: []socket{in1}, want: []row{{"out/40001/4", 0, 1}}},
+		{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{
+			{"in/80/4", 0, 0}, {"out/40001/4", 1, 1}}},
+	})
+}
+
+func TestTrackerSeriesComeAndGo(t *testing.T) {
+	cfg := defaultCfg
+	cfg.out = true
+	tr := runSteps(t, cfg, []step{
+		{at: 0, sockets: []socket{lis80, in1, in1Out}, want: []row{{"in/80/4", 0, 1}, {"out/80/4", 0, 1}}},
+		// The client side goes: its series goes; the listener keeps in/80.
+		{at: 2 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 4 * time.Second, sockets: []socket{lis80}, want: []row{{"in/80/4", 0, 0}}},
+		{at: 5 * time.Second, sockets: nil, want: nil},
+	})
+	if n := tr.tracked(); n != 0 {
+		t.Errorf("tracked = %d after every connection went, want 0", n)
+	}
+	if n := len(tr.series); n != 0 {
+		t.Errorf("%d series kept after every port went, want 0", n)
+	}
+}
+
+// A read that fails half-way is never ended: it must not lose what the
+// tracker knew, nor count anything twice.
+func TestTrackerUnendedRead(t *testing.T) {
+	clock := new(fakeClock)
+	tr := newTracker(defaultCfg, clock.read)
+	read := func(at time.Duration, end bool, socks ...socket) {
+		clock.now = at
+		tr.begin()
+		for _, s := range socks {
+			tr.observe(&s)
+		}
+		if end {
+			tr.end()
+		}
+	}
+	read(0, true, lis80, in1, in2)
+	read(3*time.Second, false, lis80, in1) // fails before in2
+	read(6*time.Second, true, lis80, in1, in2)
+	if diff := cmp.Diff([]row{{"in/80/4", 2, 2}}, rows(tr)); diff != "" {
+		t.Errorf("series mismatch (-want +got):\n%s", diff)
+	}
+	if got := tr.series[seriesKey{dirIn, 80, false}].lifetimes.counts; got != ([14]uint64{}) {
+		t.Errorf("lifetimes observed after an unended read: %v", got)
+	}
+}
+
+func TestTrackerLifetimes(t *testing.T) {
+	clock := new(fakeClock)
+	tr := newTracker(defaultCfg, clock.read)
+	read := func(at time.Duration, socks ...socket) {
+		clock.now = at
+		tr.begin()
+		for _, s := range socks {
+			tr.observe(&s)
+		}
+		tr.end()
+	}
+	read(0, lis80, in1, in2, in1Out)
+	read(1500*time.Millisecond, lis80, in1, in2, in1Out)
+	read(2*time.Second, lis80, in2) // in1 lived 1.5s: last seen at 1.5s
+	read(8*time.Second, lis80, in2)
+	read(9*time.Second, lis80) // in2 lived 8s
+	h := tr.series[seriesKey{dirIn, 80, false}].lifetimes
+	want := histogram{sum: 9.5}
+	want.counts[1] = 1 // le=6
+	want.counts[2] = 1 // le=10
+	if diff := cmp.Diff(want, h, cmp.AllowUnexported(histogram{})); diff != "" {
+		t.Errorf("lifetimes mismatch (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(want, tr.total, cmp.AllowUnexported(histogram{})); diff != "" {
+		t.Errorf("total lifetimes mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestHistogramBucketBounds(t *testing.T) {
+	var h histogram
+	for _, v := range []float64{0, 1, 1.0001, 6, 86400, 86401} {
+		h.observe(v)
+	}
+	want := [14]uint64{0: 2, 1: 2, 12: 1, 13: 1}
+	if diff := cmp.Diff(want, h.counts); diff != "" {
+		t.Errorf("bucket counts mismatch (-want +got):\n%s", diff)
+	}
+}
