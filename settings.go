@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"flag"
 	"fmt"
@@ -51,7 +49,7 @@ var allSettings = []setting{
 	{"direction", "DIRECTION", "in", "which connections count: in, out or all", false,
 		func(s *settings, v string) (err error) { s.direction, err = parseDirection(v); return }},
 	{"procfs", "PROCFS", "/proc", "root of the proc filesystem, e.g. /host/proc", false,
-		func(s *settings, v string) error { s.procfs = v; return nil }},
+		func(s *settings, v string) (err error) { s.procfs, err = parsePath(v); return }},
 }
 
 // confNames are the names of the configuration file setting, which can be
@@ -61,13 +59,19 @@ var confNames = [...]struct{ flag, env string }{{"conf", "CONF"}, {"config", "CO
 // errVersion is returned by loadSettings when --version was asked for.
 var errVersion = errors.New("version requested")
 
-// settingError says which setting got which bad value from where.
+// settingError says which setting got which bad value from where: a flag,
+// an environment variable, or a line of the configuration file, which then
+// leads the message as file:line does in a compiler's.
 type settingError struct {
 	name, value, source string
+	line                int // of the configuration file named by source; 0 for a flag or env
 	err                 error
 }
 
 func (e *settingError) Error() string {
+	if e.line > 0 {
+		return fmt.Sprintf("%s:%d: invalid value %q for %s: %v", e.source, e.line, e.value, e.name, e.err)
+	}
 	return fmt.Sprintf("invalid value %q for %s from %s: %v", e.value, e.name, e.source, e.err)
 }
 
@@ -111,7 +115,7 @@ func loadSettings(args []string, getenv func(string) string) (*settings, error) 
 		return nil, errVersion
 	}
 	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return nil, fmt.Errorf("%w %q", errArgument, fs.Arg(0))
 	}
 	given := make(map[string]bool)
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -128,14 +132,14 @@ func loadSettings(args []string, getenv func(string) string) (*settings, error) 
 	for _, st := range allSettings {
 		if v := getenv(st.env); v != "" {
 			if err := st.set(s, v); err != nil {
-				return nil, &settingError{st.name, v, "env " + st.env, err}
+				return nil, &settingError{name: st.name, value: v, source: "env " + st.env, err: err}
 			}
 		}
 	}
 	for _, st := range allSettings {
 		if v := *flags[st.name]; given[st.name] {
 			if err := st.set(s, v); err != nil {
-				return nil, &settingError{st.name, v, "flag -" + st.name, err}
+				return nil, &settingError{name: st.name, value: v, source: "flag -" + st.name, err: err}
 			}
 		}
 	}
@@ -165,7 +169,7 @@ func (s *settings) readConf(given map[string]bool, flags map[string]*string, get
 	}
 	data, err := os.ReadFile(s.conf)
 	if err != nil {
-		return &settingError{"conf", s.conf, source, unwrapPathError(err)}
+		return &settingError{name: "conf", value: s.conf, source: source, err: unwrapPathError(err)}
 	}
 	return s.applyConf(s.conf, data)
 }
@@ -180,52 +184,53 @@ func unwrapPathError(err error) error {
 }
 
 // applyConf applies a configuration file: `name value`, `name=value` or
-// `name = value` a line, a bare boolean name meaning true, # comments.
+// `name = value` a line, a bare boolean name meaning true, # comments. Every
+// error it returns starts with path:line.
 func (s *settings) applyConf(path string, data []byte) error {
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for n := 1; sc.Scan(); n++ {
-		name, value, bare := splitConfLine(sc.Text())
-		if name == "" {
+	text := strings.TrimPrefix(string(data), "\ufeff") // the BOM some Windows editors write
+	n := 0
+	for line := range strings.Lines(text) { // no length limit, unlike bufio.Scanner
+		n++
+		name, value, bare, ok := splitConfLine(line)
+		if !ok {
 			continue
 		}
-		where := fmt.Sprintf("%s:%d", path, n)
 		st := findSetting(name)
 		if st == nil {
-			return fmt.Errorf("%s: unknown setting %q", where, name)
+			return fmt.Errorf("%s:%d: %w %q", path, n, errUnknownSetting, name)
 		}
 		if bare {
 			if !st.isBool {
-				return fmt.Errorf("%s: setting %s needs a value", where, st.name)
+				return fmt.Errorf("%s:%d: setting %s %w", path, n, st.name, errNeedsValue)
 			}
 			value = "true"
 		}
 		if err := st.set(s, value); err != nil {
-			return &settingError{st.name, value, where, err}
+			return &settingError{name: st.name, value: value, source: path, line: n, err: err}
 		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
 }
 
-// splitConfLine splits one line of a configuration file; name is empty for a
-// blank or comment line, and bare is true when there is no value.
-func splitConfLine(line string) (name, value string, bare bool) {
+// splitConfLine splits one line of a configuration file; ok is false for a
+// blank or comment line, and bare is true when there is no value. An empty
+// name (a line "=5") is left to the caller to reject.
+func splitConfLine(line string) (name, value string, bare, ok bool) {
+	line = strings.TrimSuffix(line, "\n")
 	line = strings.TrimSuffix(line, "\r")
 	line = strings.Trim(line, " \t")
 	if line == "" || line[0] == '#' {
-		return "", "", false
+		return "", "", false, false
 	}
 	i := strings.IndexAny(line, " \t=")
 	if i < 0 {
-		return line, "", true
+		return line, "", true, true
 	}
 	name, value = line[:i], strings.TrimLeft(line[i:], " \t")
 	if strings.HasPrefix(value, "=") {
 		value = strings.TrimLeft(value[1:], " \t")
 	}
-	return name, value, false
+	return name, value, false, true
 }
 
 func findSetting(name string) *setting {
@@ -251,12 +256,16 @@ func printUsage(w io.Writer) {
 }
 
 var (
-	errBool      = errors.New("not a boolean (true, false, 1, 0, t, f)")
-	errPortRange = errors.New("not a port number (1 to 65535)")
-	errPortAll   = errors.New("not a port number (1 to 65535, or -1 for all)")
-	errListen    = errors.New("not a port or host:port")
-	errDuration  = errors.New("not a positive number of seconds or Go duration")
-	errDirection = errors.New("not one of in, out, all")
+	errArgument       = errors.New("unexpected argument")
+	errUnknownSetting = errors.New("unknown setting")
+	errNeedsValue     = errors.New("needs a value")
+	errPath           = errors.New("empty path")
+	errBool           = errors.New("not a boolean (true, false, 1, 0, t, f)")
+	errPortRange      = errors.New("not a port number (1 to 65535)")
+	errPortAll        = errors.New("not a port number (1 to 65535, or -1 for all)")
+	errListen         = errors.New("not a port or host:port")
+	errDuration       = errors.New("not a positive number of seconds or Go duration")
+	errDirection      = errors.New("not one of in, out, all")
 )
 
 func parseBool(v string) (bool, error) {
@@ -291,10 +300,11 @@ func parseListen(v string) (string, error) {
 		}
 		host, port = "", v
 	}
-	if _, err := parsePort(port, false); err != nil {
+	n, err := parsePort(port, false)
+	if err != nil {
 		return "", err
 	}
-	return net.JoinHostPort(host, port), nil
+	return net.JoinHostPort(host, strconv.Itoa(n)), nil // "+80" and "080" become "80"
 }
 
 // parseDuration takes whole seconds ("6") or a Go duration ("1m30s").
@@ -302,7 +312,7 @@ func parseDuration(v string) (time.Duration, error) {
 	d, err := time.ParseDuration(v)
 	if n, nerr := strconv.ParseInt(v, 10, 64); nerr == nil {
 		d, err = time.Duration(n)*time.Second, nil
-		if n > int64(math.MaxInt64/time.Second) {
+		if n < 1 || n > int64(math.MaxInt64/time.Second) { // the product would wrap
 			err = errDuration
 		}
 	}
@@ -310,6 +320,15 @@ func parseDuration(v string) (time.Duration, error) {
 		return 0, errDuration
 	}
 	return d, nil
+}
+
+// parsePath takes any path but an empty one, which would make the
+// connection tables relative to the working directory.
+func parsePath(v string) (string, error) {
+	if v == "" {
+		return "", errPath
+	}
+	return v, nil
 }
 
 func parseDirection(v string) (string, error) {
