@@ -244,14 +244,10 @@ func (t *tracker) add(k connKey) {
 	if i, ok := t.conns[k]; ok && t.entries[i].seen == t.gen {
 		return // listed twice in one read
 	}
-	e := connEntry{first: t.readAt, seen: t.gen}
-	e.key.v6 = !k.v4()
-	e.key.dir, e.key.port = dirOut, k.rport
-	if t.listening(k.lport) {
-		e.key.dir, e.key.port = dirIn, k.lport
+	e, ok := t.accepted(k)
+	if !ok {
+		e = t.classify(k)
 	}
-	e.selected = (e.key.dir == dirIn && t.cfg.in || e.key.dir == dirOut && t.cfg.out) &&
-		(t.cfg.port < 0 || int(e.key.port) == t.cfg.port)
 	var i int32
 	if n := len(t.free); n > 0 {
 		i, t.free = t.free[n-1], t.free[:n-1]
@@ -265,6 +261,49 @@ func (t *tracker) add(k connKey) {
 	if e.selected {
 		t.count(&t.entries[i])
 	}
+}
+
+// accepted takes over the entry of a connection that waited in the accept
+// queue, where the kernel lists it with inode 0 until accept(2) gives it a
+// socket: it is the same connection, not a new one.
+func (t *tracker) accepted(k connKey) (connEntry, bool) {
+	if k.inode == 0 {
+		return connEntry{}, false
+	}
+	k0 := k
+	k0.inode = 0
+	i, ok := t.conns[k0]
+	if !ok {
+		return connEntry{}, false
+	}
+	e := t.entries[i]
+	if e.seen == t.gen {
+		t.seenN-- // it stands for this very connection
+		if e.selected {
+			s := t.seriesFor(e.key)
+			s.established--
+			if t.readAt-e.first >= t.cfg.duration {
+				s.longterm--
+			}
+		}
+	}
+	delete(t.conns, k0)
+	t.free = append(t.free, i)
+	e.seen = t.gen
+	return e, true
+}
+
+// classify decides a new connection's direction and whether it counts.
+func (t *tracker) classify(k connKey) connEntry {
+	e := connEntry{first: t.readAt, seen: t.gen}
+	e.key.v6 = !k.v4()
+	e.key.dir, e.key.port = dirOut, k.rport
+	if t.listening(k.lport) {
+		e.key.dir, e.key.port = dirIn, k.lport
+	}
+	e.selected = (e.key.dir == dirIn && t.cfg.in || e.key.dir == dirOut && t.cfg.out) &&
+		(t.cfg.port < 0 || int(e.key.port) == t.cfg.port)
+	return e
 }
 
 // forgetGone drops the connections the current read did not list, and

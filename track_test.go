@@ -106,6 +106,25 @@ func TestTrackerNewInodeStartsAtZero(t *testing.T) {
 	})
 }
 
+// A connection waiting in the accept queue is listed with inode 0; once
+// accepted it gets its socket's inode. It is the same connection: it keeps
+// its age and ends no lifetime, even when one read lists it both ways.
+func TestTrackerAcceptKeepsAge(t *testing.T) {
+	queued := in1
+	queued.Inode = 0
+	tr := runSteps(t, defaultCfg, []step{
+		{at: 0, sockets: []socket{lis80, queued}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 3 * time.Second, sockets: []socket{lis80, queued, in1}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 1, 1}}},
+	})
+	if got := tr.total.counts; got != ([14]uint64{}) {
+		t.Errorf("lifetimes observed for an accepted connection: %v", got)
+	}
+	if n := tr.tracked(); n != 1 {
+		t.Errorf("tracked = %d, want 1", n)
+	}
+}
+
 func TestTrackerDirectionAndFilters(t *testing.T) {
 	all := []socket{lis80, lis80v6, lisAny, in1, in1Out, in2, in6, mapped, v6Any, own}
 	tests := []struct {
