@@ -1,0 +1,161 @@
+// Command bench measures what the exporter costs beside the floor that no
+// user-space reader of /proc/net/tcp{,6} can go below, at several numbers
+// of real established loopback connections, and prints one table.
+//
+//	go run ./bench                  # N = 1000, 10000, 50000
+//	go run ./bench -n 0,1000 -reads 30
+//
+// As root it runs in a network namespace of its own (unshare -n), so that
+// only its own connections are in the tables. Figures drift between runs
+// and machines: compare the ratios, which are taken in one run.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func main() {
+	var (
+		ns      = flag.String("n", "1000,10000,50000", "connection counts, comma-separated")
+		ports   = flag.Int("ports", 100, "listening ports the connections spread over")
+		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over")
+		scrapes = flag.Int("scrapes", 200, "scrapes to measure /metrics latency over")
+		extra   = flag.String("args", "", "extra exporter flags, space-separated")
+	)
+	flag.Parse()
+	log.SetFlags(0)
+	log.SetPrefix("bench: ")
+	if reexecInNetns() {
+		return
+	}
+	counts, err := parseCounts(*ns)
+	if err != nil {
+		log.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "tee-bench")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	bins, err := buildAll(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg := runConfig{ports: *ports, reads: *reads, scrapes: *scrapes, args: strings.Fields(*extra), dir: dir}
+	var rows []result
+	for _, n := range counts {
+		r, err := measure(bins, cfg, n)
+		if err != nil {
+			log.Fatalf("N=%d: %v", n, err)
+		}
+		rows = append(rows, r)
+		log.Printf("N=%d done", n)
+	}
+	printTable(os.Stdout, rows, bins)
+}
+
+func parseCounts(s string) ([]int, error) {
+	var counts []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 || n > 200000 {
+			return nil, fmt.Errorf("bad connection count %q", f)
+		}
+		counts = append(counts, n)
+	}
+	return counts, nil
+}
+
+// reexecInNetns runs this program again in a new network namespace when
+// root, with loopback up; it reports whether it did (and so is done).
+func reexecInNetns() bool {
+	if os.Geteuid() != 0 || os.Getenv("TEE_BENCH_NETNS") != "" {
+		if os.Getenv("TEE_BENCH_NETNS") != "" {
+			if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+				log.Fatalf("ip link set lo up: %v: %s", err, out)
+			}
+		}
+		return false
+	}
+	if _, err := exec.LookPath("unshare"); err != nil {
+		return false
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return false
+	}
+	cmd := exec.Command("unshare", append([]string{"-n", self}, os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), "TEE_BENCH_NETNS=1")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		log.Fatal(err)
+	}
+	return true
+}
+
+// binaries are the programs a run measures or uses.
+type binaries struct {
+	exporter, bare, load string
+}
+
+// buildAll builds the exporter as the Dockerfile does, a bare net/http
+// server with the same flags (the size the exporter cannot go below), and
+// the load tool.
+func buildAll(dir string) (binaries, error) {
+	b := binaries{
+		exporter: filepath.Join(dir, "tcp_established_exporter"),
+		bare:     filepath.Join(dir, "bare"),
+		load:     filepath.Join(dir, "load"),
+	}
+	bareSrc := filepath.Join(dir, "baresrc")
+	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
+		return b, err
+	}
+	if err := os.WriteFile(filepath.Join(bareSrc, "go.mod"), []byte("module bare\n\ngo 1.26\n"), 0o644); err != nil {
+		return b, err
+	}
+	if err := os.WriteFile(filepath.Join(bareSrc, "main.go"), []byte(bareServer), 0o644); err != nil {
+		return b, err
+	}
+	for _, c := range []struct{ dir, out, pkg string }{
+		{".", b.exporter, "."}, {bareSrc, b.bare, "."}, {".", b.load, "./bench/load"},
+	} {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", c.out, c.pkg)
+		cmd.Dir = c.dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return b, fmt.Errorf("go build %s: %v\n%s", c.pkg, err, out)
+		}
+	}
+	return b, nil
+}
+
+const bareServer = `package main
+
+import "net/http"
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) })
+	http.ListenAndServe(":9690", nil)
+}
+`
+
+// waitFor polls cond every 50 ms until it holds or timeout passes.
+func waitFor(timeout time.Duration, what string, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}

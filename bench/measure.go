@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// runConfig is what every measurement of one run shares.
+type runConfig struct {
+	ports, reads, scrapes int
+	args                  []string // extra exporter flags
+	dir                   string
+}
+
+// result is one row of the table.
+type result struct {
+	n          int
+	floor      time.Duration // median bare read of tcp and tcp6
+	cpuPerRead time.Duration // exporter CPU over reads, per read
+	rss        int64         // bytes, after the reads
+	p50, p99   time.Duration // /metrics latency
+	series     int           // samples of the long-term gauge
+}
+
+const exporterAddr = "127.0.0.1:19690"
+
+// measure holds n connections, measures the floor, then runs the exporter
+// and measures its CPU per read, RSS and scrape latency.
+func measure(bins binaries, cfg runConfig, n int) (result, error) {
+	r := result{n: n}
+	if n > 0 {
+		stop, err := startLoad(bins.load, cfg, n)
+		if err != nil {
+			return r, err
+		}
+		defer stop()
+	}
+	floor, err := floorRead(31)
+	if err != nil {
+		return r, err
+	}
+	r.floor = floor
+	cmd, err := startExporter(bins.exporter, cfg.args)
+	if err != nil {
+		return r, err
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	pid := cmd.Process.Pid
+	if err := waitFor(time.Minute, "3 exporter reads", func() bool { return reads() >= 3 }); err != nil {
+		return r, err
+	}
+	cpu0, reads0 := cpuTime(pid), reads()
+	if err := waitFor(time.Duration(cfg.reads+30)*time.Minute/10, "exporter reads", func() bool {
+		return reads() >= reads0+float64(cfg.reads)
+	}); err != nil {
+		return r, err
+	}
+	cpu1, reads1 := cpuTime(pid), reads()
+	r.cpuPerRead = time.Duration(float64(cpu1-cpu0) / (reads1 - reads0))
+	r.rss = rss(pid)
+	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
+	return r, err
+}
+
+// startLoad runs the load tool and waits until it holds n connections.
+func startLoad(bin string, cfg runConfig, n int) (stop func(), err error) {
+	ready := filepath.Join(cfg.dir, "ready")
+	cmd := exec.Command(bin, "-n", strconv.Itoa(n), "-ports", strconv.Itoa(cfg.ports), "-hold", "20m", "-ready", ready)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop = func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}
+	if err := waitFor(3*time.Minute, "the load tool", func() bool {
+		_, err := os.Stat(ready)
+		return err == nil
+	}); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
+}
+
+func startExporter(bin string, args []string) (*exec.Cmd, error) {
+	cmd := exec.Command(bin, append([]string{"-listen", exporterAddr}, args...)...)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	err := waitFor(30*time.Second, "the exporter", func() bool {
+		resp, err := http.Get("http://" + exporterAddr + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("%v\n%s", err, logs.String())
+	}
+	return cmd, nil
+}
+
+// floorRead is the median time to read /proc/net/tcp and tcp6 once, with
+// raw read(2) calls into a large reused buffer and no parsing: the cost
+// that no reader of these files can go below.
+func floorRead(times int) (time.Duration, error) {
+	buf := make([]byte, 1<<20)
+	d := make([]time.Duration, 0, times)
+	for range times {
+		start := time.Now()
+		for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+			if err := readAll(f, buf); err != nil {
+				return 0, err
+			}
+		}
+		d = append(d, time.Since(start))
+	}
+	slices.Sort(d)
+	return d[len(d)/2], nil
+}
+
+func readAll(path string, buf []byte) error {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	for {
+		n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+		if e != 0 {
+			return e
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// cpuTime is the CPU time of every thread of pid, in nanoseconds, from
+// schedstat: far finer than the clock ticks of /proc/PID/stat.
+func cpuTime(pid int) int64 {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum int64
+	for _, t := range tasks {
+		data, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(data))
+		if len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += n
+		}
+	}
+	return sum
+}
+
+func rss(pid int) int64 {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// reads is the exporter's read count, from its own counter.
+func reads() float64 {
+	body, err := get(false)
+	if err != nil {
+		return -1
+	}
+	var most float64
+	for line := range strings.SplitSeq(string(body), "\n") {
+		if rest, ok := strings.CutPrefix(line, "tcp_established_exporter_reads_total{"); ok {
+			_, v, _ := strings.Cut(rest, "} ")
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				most = max(most, f)
+			}
+		}
+	}
+	return most
+}
+
+func get(gzip bool) ([]byte, error) {
+	req, _ := http.NewRequest("GET", "http://"+exporterAddr+"/metrics", nil)
+	if gzip {
+		req.Header.Set("Accept-Encoding", "gzip") // as Prometheus asks
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return io.ReadAll(resp.Body)
+}
+
+// scrapeLatency scrapes n times in a row, as Prometheus does (gzip, a
+// kept-alive connection), and returns the median and 99th percentile.
+func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
+	d := make([]time.Duration, 0, n)
+	for range n {
+		start := time.Now()
+		if _, err := get(true); err != nil {
+			return 0, 0, 0, err
+		}
+		d = append(d, time.Since(start))
+	}
+	slices.Sort(d)
+	body, err := get(false)
+	series = strings.Count(string(body), "\nnetstat_tcp_longterm_connections_total")
+	return d[n/2], d[(n*99+99)/100-1], series, err
+}
+
+func printTable(w io.Writer, rows []result, bins binaries) {
+	fmt.Fprintln(w, "| connections | floor: read tcp+tcp6 | exporter CPU per read | ratio | RSS | /metrics p50 | /metrics p99 | series |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		fmt.Fprintf(w, "| %d | %s | %s | %.2fx | %.1f MiB | %s | %s | %d |\n",
+			r.n, ms(r.floor), ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor),
+			float64(r.rss)/(1<<20), ms(r.p50), ms(r.p99), r.series)
+	}
+	fmt.Fprintf(w, "\nstripped static binary: exporter %s, bare net/http server %s\n", size(bins.exporter), size(bins.bare))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
+
+func size(path string) string {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "?"
+	}
+	return fmt.Sprintf("%.2f MiB", float64(st.Size())/(1<<20))
+}
