@@ -96,6 +96,7 @@ const tableBufSize = 64 << 10
 // between reads so that the steady state allocates nothing.
 type tableParser struct {
 	buf []byte
+	s   socket // the line being parsed, handed to the caller
 }
 
 // parse reads one table from r and calls fn for each well-formed socket line;
@@ -107,10 +108,12 @@ func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func
 	}
 	buf := p.buf
 	var (
-		start, end int  // unparsed bytes are buf[start:end]
-		lineNo     int  // lines seen so far
-		skipping   bool // inside a line longer than buf
-		s          socket
+		start, end int    // unparsed bytes are buf[start:end]
+		lineNo     int    // lines seen so far
+		skipping   bool   // inside a line longer than buf
+		skipped    string // the start of that line
+		eof        bool
+		s          = &p.s
 	)
 	line := func(b []byte) error {
 		lineNo++
@@ -121,17 +124,26 @@ func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func
 			}
 		case skipping:
 			skipping = false
-			bad(&ParseError{path, lineNo, shorten(b), errTooLong})
+			bad(&ParseError{path, lineNo, skipped, errTooLong})
 		default:
-			if err := parseLine(b, &s); err != nil {
+			if err := parseLine(b, s); err != nil {
 				bad(&ParseError{path, lineNo, shorten(b), err})
 				return nil
 			}
-			fn(&s)
+			fn(s)
 		}
 		return nil
 	}
-	for {
+	for !eof {
+		// A reader may return its last bytes together with io.EOF.
+		n, err := r.Read(buf[end:])
+		end += n
+		switch {
+		case err == io.EOF:
+			eof = true
+		case err != nil:
+			return fmt.Errorf("%s: %w", path, err)
+		}
 		for {
 			i := bytes.IndexByte(buf[start:end], '\n')
 			if i < 0 {
@@ -148,22 +160,17 @@ func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func
 		case start == 0 && end == len(buf):
 			// No newline in a full buffer: drop what we have and skip to
 			// the end of the line.
+			if !skipping {
+				skipped = shorten(buf)
+			}
 			skipping = true
 			end = 0
 		case start > 0:
 			end = copy(buf, buf[start:end])
 			start = 0
 		}
-		n, err := r.Read(buf[end:])
-		end += n
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
-		}
 	}
-	if end > start { // a last line without its newline
+	if end > start || skipping { // a last line without its newline
 		if err := line(buf[start:end]); err != nil {
 			return err
 		}
