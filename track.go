@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"encoding/binary"
 	"math/bits"
 	"slices"
 	"time"
@@ -60,13 +61,24 @@ type series struct {
 	keep        bool // a listener or the port setting keeps it at zero
 }
 
-// connKey is a connection's identity. Addresses are kept as 16 bytes
-// (IPv4 as ::ffff:a.b.c.d) so that the map holds no pointers for the
-// garbage collector to scan.
+// connKey is a connection's identity: its 4-tuple and socket inode.
+// Addresses are kept as 16 bytes (IPv4 as ::ffff:a.b.c.d).
 type connKey struct {
 	local, remote [16]byte
 	lport, rport  uint16
 	inode         uint64
+}
+
+// fold hashes the 4-tuple into 32 bits. The tracker finds a connection by
+// its inode, which no two live sockets share, and keeps the fold to tell
+// the same socket from a new one that got a recycled inode number.
+func (k *connKey) fold() uint32 {
+	const m1, m2, m3, m4 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5
+	ne := binary.NativeEndian
+	h := ne.Uint64(k.local[:8])*m1 ^ ne.Uint64(k.local[8:])*m2 ^
+		ne.Uint64(k.remote[:8])*m3 ^ ne.Uint64(k.remote[8:])*m4 ^
+		(uint64(k.lport)<<16|uint64(k.rport))*m1
+	return uint32(h>>32 ^ h)
 }
 
 // v4 reports whether the connection is IPv4, also when tcp6 lists it.
@@ -74,8 +86,11 @@ func (k *connKey) v4() bool {
 	return [12]byte(k.local[:12]) == [12]byte{10: 0xff, 11: 0xff}
 }
 
+// connEntry is what the tracker keeps of a connection: 24 bytes, no
+// pointers for the garbage collector to follow.
 type connEntry struct {
 	first    time.Duration // first seen established, monotonic
+	fold     uint32        // of its connKey
 	seen     uint32        // generation of the last read that listed it
 	key      seriesKey
 	selected bool // counted under the settings
@@ -103,7 +118,10 @@ type tracker struct {
 	cfg trackConfig
 	now func() time.Duration // monotonic clock
 
-	conns   map[connKey]int32 // index into entries
+	// Indices into entries: by inode, and by the whole key for inode 0,
+	// the few connections waiting in an accept queue.
+	conns   map[uint64]int32
+	queued  map[connKey]int32
 	entries []connEntry
 	free    []int32 // unused indices of entries
 
@@ -125,7 +143,8 @@ func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
 	return &tracker{
 		cfg:    cfg,
 		now:    now,
-		conns:  make(map[connKey]int32),
+		conns:  make(map[uint64]int32),
+		queued: make(map[connKey]int32),
 		series: make(map[seriesKey]*series),
 	}
 }
@@ -180,7 +199,7 @@ func (t *tracker) observeEstablished(s *socket) {
 		c.port >= 0 && int(k.lport) != c.port && int(k.rport) != c.port {
 		return // can never count: not worth remembering
 	}
-	i, ok := t.conns[k]
+	i, ok := t.lookup(&k)
 	if !ok {
 		t.pending = append(t.pending, k)
 		return
@@ -194,6 +213,16 @@ func (t *tracker) observeEstablished(s *socket) {
 	if e.selected {
 		t.count(e)
 	}
+}
+
+// lookup finds the entry of a connection.
+func (t *tracker) lookup(k *connKey) (int32, bool) {
+	if k.inode == 0 {
+		i, ok := t.queued[*k]
+		return i, ok
+	}
+	i, ok := t.conns[k.inode]
+	return i, ok && t.entries[i].fold == k.fold()
 }
 
 func (t *tracker) count(e *connEntry) {
@@ -223,7 +252,10 @@ func (t *tracker) end() {
 	for _, k := range t.pending {
 		t.add(k)
 	}
-	if t.seenN < len(t.conns) {
+	if cap(t.pending) > 4*len(t.pending)+1024 {
+		t.pending = nil // the first read's, or a burst's: not worth keeping
+	}
+	if t.seenN < t.tracked() {
 		t.forgetGone()
 	}
 	t.keepIdleSeries()
@@ -241,12 +273,15 @@ func (t *tracker) end() {
 
 // add starts tracking a connection first seen in the current read.
 func (t *tracker) add(k connKey) {
-	if i, ok := t.conns[k]; ok && t.entries[i].seen == t.gen {
+	if i, ok := t.lookup(&k); ok && t.entries[i].seen == t.gen {
 		return // listed twice in one read
 	}
 	e, ok := t.accepted(k)
 	if !ok {
 		e = t.classify(k)
+	}
+	if old, ok := t.conns[k.inode]; ok && k.inode != 0 {
+		t.drop(old) // its inode number was recycled: that socket is gone
 	}
 	var i int32
 	if n := len(t.free); n > 0 {
@@ -256,7 +291,11 @@ func (t *tracker) add(k connKey) {
 		i = int32(len(t.entries))
 		t.entries = append(t.entries, e)
 	}
-	t.conns[k] = i
+	if k.inode == 0 {
+		t.queued[k] = i
+	} else {
+		t.conns[k.inode] = i
+	}
 	t.seenN++
 	if e.selected {
 		t.count(&t.entries[i])
@@ -267,12 +306,12 @@ func (t *tracker) add(k connKey) {
 // queue, where the kernel lists it with inode 0 until accept(2) gives it a
 // socket: it is the same connection, not a new one.
 func (t *tracker) accepted(k connKey) (connEntry, bool) {
-	if k.inode == 0 {
+	if k.inode == 0 || len(t.queued) == 0 {
 		return connEntry{}, false
 	}
 	k0 := k
 	k0.inode = 0
-	i, ok := t.conns[k0]
+	i, ok := t.queued[k0]
 	if !ok {
 		return connEntry{}, false
 	}
@@ -287,15 +326,15 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 			}
 		}
 	}
-	delete(t.conns, k0)
+	delete(t.queued, k0)
 	t.free = append(t.free, i)
-	e.seen = t.gen
+	e.seen, e.fold = t.gen, k.fold()
 	return e, true
 }
 
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	e := connEntry{first: t.readAt, seen: t.gen}
+	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen}
 	e.key.v6 = !k.v4()
 	e.key.dir, e.key.port = dirOut, k.rport
 	if t.listening(k.lport) {
@@ -311,18 +350,28 @@ func (t *tracker) classify(k connKey) connEntry {
 // read that listed them.
 func (t *tracker) forgetGone() {
 	for k, i := range t.conns {
-		e := &t.entries[i]
-		if e.seen == t.gen {
-			continue
+		if t.entries[i].seen != t.gen {
+			t.drop(i)
+			delete(t.conns, k)
 		}
-		if e.selected {
-			v := (t.lastAt - e.first).Seconds()
-			t.seriesFor(e.key).lifetimes.observe(v)
-			t.total.observe(v)
-		}
-		delete(t.conns, k)
-		t.free = append(t.free, i)
 	}
+	for k, i := range t.queued {
+		if t.entries[i].seen != t.gen {
+			t.drop(i)
+			delete(t.queued, k)
+		}
+	}
+}
+
+// drop frees the entry of a connection that is gone, after recording its
+// lifetime. The caller removes it from its map.
+func (t *tracker) drop(i int32) {
+	if e := &t.entries[i]; e.selected {
+		v := (t.lastAt - e.first).Seconds()
+		t.seriesFor(e.key).lifetimes.observe(v)
+		t.total.observe(v)
+	}
+	t.free = append(t.free, i)
 }
 
 // keepIdleSeries marks the series that exist at zero: inbound series of
@@ -351,7 +400,7 @@ func (t *tracker) keepIdleSeries() {
 }
 
 // tracked is the number of connections the tracker remembers.
-func (t *tracker) tracked() int { return len(t.conns) }
+func (t *tracker) tracked() int { return len(t.conns) + len(t.queued) }
 
 // lifetimeBuckets are the upper bounds of the lifetime histogram (SPEC 6).
 var lifetimeBuckets = [...]float64{1, 6, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400}

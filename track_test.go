@@ -125,6 +125,21 @@ func TestTrackerAcceptKeepsAge(t *testing.T) {
 	}
 }
 
+// An inode number the kernel recycles for another 4-tuple is another
+// connection: the old one ends, the new one starts at age 0.
+func TestTrackerRecycledInode(t *testing.T) {
+	recycled := in2
+	recycled.Inode = in1.Inode
+	tr := runSteps(t, defaultCfg, []step{
+		{at: 0, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
+		{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 1, 1}}},
+		{at: 7 * time.Second, sockets: []socket{lis80, recycled}, want: []row{{"in/80/4", 0, 1}}},
+	})
+	if want := [14]uint64{1: 1}; tr.total.counts != want {
+		t.Errorf("lifetimes = %v, want the first connection's 6s in le=6", tr.total.counts)
+	}
+}
+
 func TestTrackerDirectionAndFilters(t *testing.T) {
 	all := []socket{lis80, lis80v6, lisAny, in1, in1Out, in2, in6, mapped, v6Any, own}
 	tests := []struct {
