@@ -145,8 +145,15 @@ var gzipWriters = sync.Pool{New: func() any {
 	return w
 }}
 
+// bodies are the buffers scrapes copy the last read's body into.
+var bodies = sync.Pool{New: func() any { return new([]byte) }}
+
 func (x *exporter) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	snap := x.snap.Load()
+	buf := bodies.Get().(*[]byte)
+	defer bodies.Put(buf)
+	body, _ := x.snapshot((*buf)[:0])
+	body = appendProcessMetrics(body)
+	*buf = body
 	h := w.Header()
 	h.Set("Content-Type", contentType)
 	h.Set("Vary", "Accept-Encoding")
@@ -162,9 +169,7 @@ func (x *exporter) serveMetrics(w http.ResponseWriter, r *http.Request) {
 		}()
 		out = gz
 	}
-	out.Write(snap.conns)
-	out.Write(snap.health)
-	out.Write(appendProcessMetrics(make([]byte, 0, 1024)))
+	out.Write(body)
 }
 
 // acceptsGzip reports whether an Accept-Encoding header takes gzip.
@@ -185,7 +190,7 @@ func acceptsGzip(header string) bool {
 
 func (x *exporter) serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if err := x.snap.Load().err; err != nil {
+	if _, err := x.snapshot(nil); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, err)
 		return

@@ -7,7 +7,7 @@ import (
 	"log"
 	"path/filepath"
 	"runtime"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -25,7 +25,11 @@ type exporter struct {
 	lastErr error         // of the previous read
 	badSeen map[string]bool
 	conns   []byte // connection families of the last good read
-	snap    atomic.Pointer[snapshot]
+	back    []byte // the body the next read writes
+
+	mu   sync.Mutex // guards body and err, which scrapes copy out
+	body []byte     // what /metrics serves, but the process families
+	err  error      // the last read's error, nil when it succeeded
 }
 
 // tableFile is one connection table and what reading it has met.
@@ -35,13 +39,6 @@ type tableFile struct {
 	optional                     bool // a kernel without IPv6 has no tcp6
 	missing                      bool // logged as missing
 	reads, readErrors, malformed uint64
-}
-
-// snapshot is what a scrape serves. It is never changed once published.
-type snapshot struct {
-	conns  []byte // connection families, from the last good read
-	health []byte // the exporter's own families
-	err    error  // the last read's error, nil when it succeeded
 }
 
 // maxBadLogged bounds the distinct malformed lines remembered for logging.
@@ -71,8 +68,9 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 	return x
 }
 
-// poll reads both tables once and publishes a new snapshot. A failed read
-// keeps the last good counts; the error shows in /healthz and the counters.
+// poll reads both tables once and publishes what a scrape serves. A failed
+// read keeps the last good counts; the error shows in /healthz and the
+// counters. Buffers are reused, so that the steady state makes no garbage.
 func (x *exporter) poll() {
 	start := time.Now()
 	x.tr.begin()
@@ -84,7 +82,7 @@ func (x *exporter) poll() {
 	}
 	if err == nil {
 		x.tr.end()
-		x.conns = appendConnMetrics(make([]byte, 0, len(x.conns)+512), connView{
+		x.conns = appendConnMetrics(x.conns[:0], connView{
 			simple:  x.s.simple,
 			withDir: x.s.direction != "in",
 			series:  x.tr.sorted,
@@ -92,7 +90,18 @@ func (x *exporter) poll() {
 		})
 	}
 	x.noteError(err)
-	x.snap.Store(&snapshot{conns: x.conns, health: x.appendHealth(nil, time.Since(start)), err: err})
+	body := append(x.back[:0], x.conns...)
+	body = x.appendHealth(body, time.Since(start))
+	x.mu.Lock()
+	x.body, x.back, x.err = body, x.body, err
+	x.mu.Unlock()
+}
+
+// snapshot copies what the last read published into buf.
+func (x *exporter) snapshot(buf []byte) ([]byte, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return append(buf, x.body...), x.err
 }
 
 func (x *exporter) readTable(f *tableFile) error {
@@ -163,7 +172,7 @@ const (
 // appendHealth writes the exporter's own families.
 func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendHeader(b, buildInfoName, "A metric with a constant '1' value labeled by version and goversion from which tcp_established_exporter was built", "gauge")
-	b = appendIntSample(b, buildInfoName, appendLabel(appendLabel(nil, "version", buildVersion()), "goversion", runtime.Version()), 1)
+	b = appendIntSample(b, buildInfoName, buildLabels(), 1)
 	for _, c := range []struct {
 		name, help string
 		value      func(*tableFile) uint64
@@ -183,6 +192,11 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
 	return appendIntSample(b, trackedName, nil, x.tr.tracked())
 }
+
+// buildLabels are the labels of the build info, made once.
+var buildLabels = sync.OnceValue(func() []byte {
+	return appendLabel(appendLabel(nil, "version", buildVersion()), "goversion", runtime.Version())
+})
 
 // rawReader reads a file descriptor with raw read(2) calls. Reads of
 // /proc/net never block, and a raw call skips the scheduler's round trip
