@@ -231,7 +231,7 @@ func appendHexAddrPort(b []byte, ap netip.AddrPort) []byte {
 
 // genTable returns a table of n sockets: a listener, then ten connections
 // to it, the last in TIME_WAIT, and again; in tcp6 every other connection
-// is IPv4-mapped.
+// is IPv4-mapped. Inodes differ between the two files, as in the kernel.
 func genTable(n int, v6 bool) []byte {
 	header, unspecified := tcpHeader, netip.IPv4Unspecified()
 	if v6 {
@@ -249,7 +249,7 @@ func genTable(n int, v6 bool) []byte {
 		case v6:
 			local, peer = netip.AddrFrom16(local.As16()), netip.AddrFrom16(peer.As16())
 		}
-		s := socket{netip.AddrPortFrom(local, 443), netip.AddrPortFrom(peer, uint16(32768+i)), stateEstablished, uint64(1e6 + sl)}
+		s := socket{netip.AddrPortFrom(local, 443), netip.AddrPortFrom(peer, uint16(32768+i)), stateEstablished, uint64(1e6 + sl + b2i(v6)*n)}
 		switch j {
 		case 0:
 			s.Remote, s.State = netip.AddrPortFrom(unspecified, 0), stateListen

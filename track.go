@@ -87,13 +87,13 @@ func (k *connKey) v4() bool {
 }
 
 // connEntry is what the tracker keeps of a connection: 24 bytes, no
-// pointers for the garbage collector to follow.
+// pointers for the garbage collector to follow. A series outlives every
+// connection it counts (see end), so an entry can keep its index.
 type connEntry struct {
-	first    time.Duration // first seen established, monotonic
-	fold     uint32        // of its connKey
-	seen     uint32        // generation of the last read that listed it
-	key      seriesKey
-	selected bool // counted under the settings
+	first  time.Duration // first seen established, monotonic
+	fold   uint32        // of its connKey
+	seen   uint32        // generation of the last read that listed it
+	series int32         // index of its series, or -1 when it does not count
 }
 
 // portSet is a set of TCP ports.
@@ -134,18 +134,20 @@ type tracker struct {
 	listen4, listen6 portSet // local ports with a LISTEN socket in tcp / tcp6
 	listenAny        portSet // a tcp6 listener on :: takes IPv4 too
 
-	series map[seriesKey]*series
-	sorted []*series // the series after the last end, sorted
-	total  histogram // all lifetimes, for simple mode: it outlives every series
+	series      []*series // by index; nil where free
+	seriesByKey map[seriesKey]int32
+	freeSeries  []int32
+	sorted      []*series // the series after the last end, sorted
+	total       histogram // all lifetimes, for simple mode: it outlives every series
 }
 
 func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
 	return &tracker{
-		cfg:    cfg,
-		now:    now,
-		conns:  make(map[uint64]int32),
-		queued: make(map[connKey]int32),
-		series: make(map[seriesKey]*series),
+		cfg:         cfg,
+		now:         now,
+		conns:       make(map[uint64]int32),
+		queued:      make(map[connKey]int32),
+		seriesByKey: make(map[seriesKey]int32),
 	}
 }
 
@@ -159,7 +161,9 @@ func (t *tracker) begin() {
 	t.listen6.clear()
 	t.listenAny.clear()
 	for _, s := range t.series {
-		s.longterm, s.established, s.keep = 0, 0, false
+		if s != nil {
+			s.longterm, s.established, s.keep = 0, 0, false
+		}
 	}
 }
 
@@ -210,7 +214,7 @@ func (t *tracker) observeEstablished(s *socket) {
 	}
 	e.seen = t.gen
 	t.seenN++
-	if e.selected {
+	if e.series >= 0 {
 		t.count(e)
 	}
 }
@@ -226,20 +230,29 @@ func (t *tracker) lookup(k *connKey) (int32, bool) {
 }
 
 func (t *tracker) count(e *connEntry) {
-	s := t.seriesFor(e.key)
+	s := t.series[e.series]
 	s.established++
 	if t.readAt-e.first >= t.cfg.duration {
 		s.longterm++
 	}
 }
 
-func (t *tracker) seriesFor(k seriesKey) *series {
-	s := t.series[k]
-	if s == nil {
-		s = &series{key: k}
-		t.series[k] = s
+// seriesFor returns the index of the series k, made if need be.
+func (t *tracker) seriesFor(k seriesKey) int32 {
+	if i, ok := t.seriesByKey[k]; ok {
+		return i
 	}
-	return s
+	s := &series{key: k}
+	var i int32
+	if n := len(t.freeSeries); n > 0 {
+		i, t.freeSeries = t.freeSeries[n-1], t.freeSeries[:n-1]
+		t.series[i] = s
+	} else {
+		i = int32(len(t.series))
+		t.series = append(t.series, s)
+	}
+	t.seriesByKey[k] = i
+	return i
 }
 
 func (t *tracker) listening(p uint16) bool {
@@ -260,12 +273,16 @@ func (t *tracker) end() {
 	}
 	t.keepIdleSeries()
 	t.sorted = t.sorted[:0]
-	for k, s := range t.series {
-		if s.established == 0 && !s.keep {
-			delete(t.series, k)
-			continue
+	for i, s := range t.series {
+		switch {
+		case s == nil:
+		case s.established == 0 && !s.keep: // no connection refers to it
+			delete(t.seriesByKey, s.key)
+			t.series[i] = nil
+			t.freeSeries = append(t.freeSeries, int32(i))
+		default:
+			t.sorted = append(t.sorted, s)
 		}
-		t.sorted = append(t.sorted, s)
 	}
 	slices.SortFunc(t.sorted, func(a, b *series) int { return a.key.compare(b.key) })
 	t.lastAt = t.readAt
@@ -297,7 +314,7 @@ func (t *tracker) add(k connKey) {
 		t.conns[k.inode] = i
 	}
 	t.seenN++
-	if e.selected {
+	if e.series >= 0 {
 		t.count(&t.entries[i])
 	}
 }
@@ -318,8 +335,8 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	e := t.entries[i]
 	if e.seen == t.gen {
 		t.seenN-- // it stands for this very connection
-		if e.selected {
-			s := t.seriesFor(e.key)
+		if e.series >= 0 {
+			s := t.series[e.series]
 			s.established--
 			if t.readAt-e.first >= t.cfg.duration {
 				s.longterm--
@@ -334,14 +351,15 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen}
-	e.key.v6 = !k.v4()
-	e.key.dir, e.key.port = dirOut, k.rport
+	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: -1}
+	key := seriesKey{dirOut, k.rport, !k.v4()}
 	if t.listening(k.lport) {
-		e.key.dir, e.key.port = dirIn, k.lport
+		key.dir, key.port = dirIn, k.lport
 	}
-	e.selected = (e.key.dir == dirIn && t.cfg.in || e.key.dir == dirOut && t.cfg.out) &&
-		(t.cfg.port < 0 || int(e.key.port) == t.cfg.port)
+	if (key.dir == dirIn && t.cfg.in || key.dir == dirOut && t.cfg.out) &&
+		(t.cfg.port < 0 || int(key.port) == t.cfg.port) {
+		e.series = t.seriesFor(key)
+	}
 	return e
 }
 
@@ -366,9 +384,9 @@ func (t *tracker) forgetGone() {
 // drop frees the entry of a connection that is gone, after recording its
 // lifetime. The caller removes it from its map.
 func (t *tracker) drop(i int32) {
-	if e := &t.entries[i]; e.selected {
+	if e := &t.entries[i]; e.series >= 0 {
 		v := (t.lastAt - e.first).Seconds()
-		t.seriesFor(e.key).lifetimes.observe(v)
+		t.series[e.series].lifetimes.observe(v)
 		t.total.observe(v)
 	}
 	t.free = append(t.free, i)
@@ -382,7 +400,7 @@ func (t *tracker) keepIdleSeries() {
 		if p == c.ownPort || v6 && !c.tcpv6 || c.port >= 0 && int(p) != c.port {
 			return
 		}
-		t.seriesFor(seriesKey{dir, p, v6}).keep = true
+		t.series[t.seriesFor(seriesKey{dir, p, v6})].keep = true
 	}
 	if c.in {
 		t.listen4.each(func(p uint16) { keep(dirIn, p, false) })

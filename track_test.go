@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -208,7 +209,7 @@ func TestTrackerSeriesComeAndGo(t *testing.T) {
 	if n := tr.tracked(); n != 0 {
 		t.Errorf("tracked = %d after every connection went, want 0", n)
 	}
-	if n := len(tr.series); n != 0 {
+	if n := len(tr.seriesByKey); n != 0 {
 		t.Errorf("%d series kept after every port went, want 0", n)
 	}
 }
@@ -234,7 +235,7 @@ func TestTrackerUnendedRead(t *testing.T) {
 	if diff := cmp.Diff([]row{{"in/80/4", 2, 2}}, rows(tr)); diff != "" {
 		t.Errorf("series mismatch (-want +got):\n%s", diff)
 	}
-	if got := tr.series[seriesKey{dirIn, 80, false}].lifetimes.counts; got != ([14]uint64{}) {
+	if got := tr.series[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes.counts; got != ([14]uint64{}) {
 		t.Errorf("lifetimes observed after an unended read: %v", got)
 	}
 }
@@ -255,7 +256,7 @@ func TestTrackerLifetimes(t *testing.T) {
 	read(2*time.Second, lis80, in2) // in1 lived 1.5s: last seen at 1.5s
 	read(8*time.Second, lis80, in2)
 	read(9*time.Second, lis80) // in2 lived 8s
-	h := tr.series[seriesKey{dirIn, 80, false}].lifetimes
+	h := tr.series[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes
 	want := histogram{sum: 9.5}
 	want.counts[1] = 1 // le=6
 	want.counts[2] = 1 // le=10
@@ -275,5 +276,87 @@ func TestHistogramBucketBounds(t *testing.T) {
 	want := [14]uint64{0: 2, 1: 2, 12: 1, 13: 1}
 	if diff := cmp.Diff(want, h.counts); diff != "" {
 		t.Errorf("bucket counts mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// generatedRead feeds generated tables to a tracker as one read, with a
+// parser and reader kept between reads, as the poll loop keeps its own.
+type generatedRead struct {
+	tr      *tracker
+	clock   *fakeClock
+	tables  [][]byte
+	parser  tableParser
+	r       bytes.Reader
+	observe func(*socket)
+}
+
+func newGeneratedRead(cfg trackConfig, n int) *generatedRead {
+	g := &generatedRead{clock: new(fakeClock), tables: [][]byte{genTable(n, false), genTable(n, true)}}
+	g.tr = newTracker(cfg, g.clock.read)
+	g.observe = g.tr.observe
+	return g
+}
+
+func (g *generatedRead) read() {
+	g.clock.now += time.Second
+	g.tr.begin()
+	for _, table := range g.tables {
+		g.r.Reset(table)
+		if err := g.parser.parse(&g.r, "generated", g.observe, failOnBad); err != nil {
+			panic(err)
+		}
+	}
+	g.tr.end()
+}
+
+func failOnBad(err error) { panic(err) }
+
+// The steady state, the same connections read again, allocates nothing,
+// however many connections there are.
+func TestTrackerSteadyStateAllocs(t *testing.T) {
+	cfg := defaultCfg
+	cfg.out = true
+	g := newGeneratedRead(cfg, 5000)
+	g.read()
+	g.read()
+	if n := testing.AllocsPerRun(10, g.read); n != 0 {
+		t.Errorf("a steady-state read of %d sockets allocates %v times, want 0", 10000, n)
+	}
+	if want := 2 * 5000 * 9 / 11; g.tr.tracked() < want {
+		t.Errorf("tracked = %d, want at least %d", g.tr.tracked(), want)
+	}
+}
+
+// BenchmarkTrackerRead50k is one read of 50,000 sockets in tcp and as many
+// in tcp6, parse and track, in the steady state.
+func BenchmarkTrackerRead50k(b *testing.B) {
+	g := newGeneratedRead(defaultCfg, 50000)
+	g.read()
+	b.SetBytes(int64(len(g.tables[0]) + len(g.tables[1])))
+	b.ReportAllocs()
+	for b.Loop() {
+		g.read()
+	}
+}
+
+// BenchmarkTrackerObserve50k is the tracker alone over the same read.
+func BenchmarkTrackerObserve50k(b *testing.B) {
+	g := newGeneratedRead(defaultCfg, 50000)
+	var socks []socket
+	for _, table := range g.tables {
+		g.parser.parse(bytes.NewReader(table), "generated", func(s *socket) { socks = append(socks, *s) }, failOnBad)
+	}
+	read := func() {
+		g.clock.now += time.Second
+		g.tr.begin()
+		for i := range socks {
+			g.tr.observe(&socks[i])
+		}
+		g.tr.end()
+	}
+	read()
+	b.ReportAllocs()
+	for b.Loop() {
+		read()
 	}
 }
