@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // Tests of the families beyond the original: the all-ages gauge, the
@@ -103,21 +105,32 @@ func testLifetimes(t *testing.T, simple bool) {
 }
 
 func TestHealthMetrics(t *testing.T) {
-	base, _ := startServer(t, "-interval", "50ms")
-	var body string
-	waitFor(t, 30*time.Second, "three reads", func() bool {
-		body = scrape(t, base)
-		return samples(body, readsName)[`file="tcp"`] >= 3
-	})
+	for source, files := range map[string][]string{"proc": {"tcp", "tcp6"}, "netlink": {"netlink"}} {
+		t.Run(source, func(t *testing.T) {
+			base, _ := startServer(t, "-interval", "50ms", "-source", source)
+			var body string
+			waitFor(t, 30*time.Second, "three reads", func() bool {
+				body = scrape(t, base)
+				return samples(body, readsName)[`file="`+files[0]+`"`] >= 3
+			})
+			checkHealth(t, body, files)
+		})
+	}
+}
+
+func checkHealth(t *testing.T, body string, files []string) {
+	t.Helper()
 	build := samples(body, buildInfoName)
 	if want := fmt.Sprintf(`version="%s",goversion="%s"`, buildVersion(), runtime.Version()); build[want] != 1 {
 		t.Errorf("build info = %v, want %s 1", build, want)
 	}
 	for _, name := range []string{readErrsName, malformedName} {
-		for _, file := range []string{"tcp", "tcp6"} {
-			if v, ok := samples(body, name)[`file="`+file+`"`]; !ok || v != 0 {
-				t.Errorf("%s{file=%q} = %v (present %t), want 0", name, file, v, ok)
-			}
+		want := make(map[string]float64)
+		for _, file := range files {
+			want[`file="`+file+`"`] = 0
+		}
+		if diff := cmp.Diff(want, samples(body, name)); diff != "" {
+			t.Errorf("%s mismatch (-want +got):\n%s", name, diff)
 		}
 	}
 	if v := samples(body, lastReadName)[""]; v <= 0 || v > 10 {

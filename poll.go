@@ -20,7 +20,8 @@ type exporter struct {
 	log     *log.Logger
 	tr      *tracker
 	parser  tableParser
-	files   [2]tableFile
+	diag    *diagSource   // nil when reading /proc
+	files   [3]tableFile  // tcp, tcp6, netlink
 	observe func(*socket) // tr.observe, bound once
 	lastErr error         // of the previous read
 	badSeen map[string]bool
@@ -32,9 +33,9 @@ type exporter struct {
 	err  error      // the last read's error, nil when it succeeded
 }
 
-// tableFile is one connection table and what reading it has met.
+// tableFile is one source of sockets and what reading it has met.
 type tableFile struct {
-	name                         string // tcp or tcp6
+	name                         string // tcp, tcp6 or netlink
 	path                         string
 	optional                     bool // a kernel without IPv6 has no tcp6
 	missing                      bool // logged as missing
@@ -59,13 +60,33 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 		log:     logger,
 		tr:      newTracker(cfg, func() time.Duration { return time.Since(start) }),
 		badSeen: make(map[string]bool),
-		files: [2]tableFile{
+		files: [3]tableFile{
 			{name: "tcp", path: filepath.Join(s.procfs, "net", "tcp")},
 			{name: "tcp6", path: filepath.Join(s.procfs, "net", "tcp6"), optional: true},
+			{name: "netlink", path: "sock_diag"},
 		},
 	}
 	x.observe = x.tr.observe
+	x.openSource()
 	return x
+}
+
+// openSource opens the netlink socket when the source setting asks for it
+// (auto: when procfs is the exporter's own /proc) and says which source
+// the exporter reads.
+func (x *exporter) openSource() {
+	tables := x.files[0].path + " and " + x.files[1].path
+	if x.s.source == "netlink" || x.s.source == "auto" && filepath.Clean(x.s.procfs) == "/proc" {
+		d, err := newDiagSource()
+		if err == nil {
+			x.diag = d
+			x.log.Printf("reading connections from netlink sock_diag")
+			return
+		}
+		x.log.Printf("netlink sock_diag unavailable, reading %s instead: %v", tables, err)
+		return
+	}
+	x.log.Printf("reading connections from %s", tables)
 }
 
 // poll reads both tables once and publishes what a scrape serves. A failed
@@ -74,12 +95,7 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 func (x *exporter) poll() {
 	start := time.Now()
 	x.tr.begin()
-	var err error
-	for i := range x.files {
-		if err = x.readTable(&x.files[i]); err != nil {
-			break
-		}
-	}
+	err := x.read()
 	if err == nil {
 		x.tr.end()
 		x.conns = appendConnMetrics(x.conns[:0], connView{
@@ -102,6 +118,30 @@ func (x *exporter) snapshot(buf []byte) ([]byte, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return append(buf, x.body...), x.err
+}
+
+// read lists the sockets of one read to the tracker. A netlink read that
+// fails falls back to /proc for good, with one log line.
+func (x *exporter) read() error {
+	if x.diag != nil {
+		f := &x.files[2]
+		f.reads++
+		err := x.diag.dump(x.s.port, x.observe)
+		if err == nil {
+			return nil
+		}
+		f.readErrors++
+		x.log.Printf("netlink sock_diag failed, reading %s from now on: %v", x.files[0].path, err)
+		x.diag.Close()
+		x.diag = nil
+		x.tr.begin() // what netlink listed before failing was part of a read
+	}
+	for i := range x.files[:2] {
+		if err := x.readTable(&x.files[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (x *exporter) readTable(f *tableFile) error {
@@ -183,8 +223,9 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	} {
 		b = appendHeader(b, c.name, c.help, "counter")
 		for i := range x.files {
-			f := &x.files[i]
-			b = appendIntSample(b, c.name, appendLabel(nil, "file", f.name), int(c.value(f)))
+			if f := &x.files[i]; f.reads > 0 {
+				b = appendIntSample(b, c.name, appendLabel(nil, "file", f.name), int(c.value(f)))
+			}
 		}
 	}
 	b = appendHeader(b, lastReadName, "How long the last read of the connection tables took", "gauge")

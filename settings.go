@@ -23,6 +23,7 @@ type settings struct {
 	interval  time.Duration
 	direction string // in, out or all
 	procfs    string
+	source    string // auto, netlink or proc
 	conf      string
 }
 
@@ -50,6 +51,8 @@ var allSettings = []setting{
 		func(s *settings, v string) (err error) { s.direction, err = parseDirection(v); return }},
 	{"procfs", "PROCFS", "/proc", "root of the proc filesystem, e.g. /host/proc", false,
 		func(s *settings, v string) (err error) { s.procfs, err = parsePath(v); return }},
+	{"source", "SOURCE", "auto", "where connections are read: netlink (sock_diag), proc (procfs/net/tcp{,6}), or auto: netlink when procfs is /proc", false,
+		func(s *settings, v string) (err error) { s.source, err = parseSource(v); return }},
 }
 
 // confNames are the names of the configuration file setting, which can be
@@ -266,6 +269,7 @@ var (
 	errListen         = errors.New("not a port or host:port")
 	errDuration       = errors.New("not a positive number of seconds or Go duration")
 	errDirection      = errors.New("not one of in, out, all")
+	errSource         = errors.New("not one of auto, netlink, proc")
 )
 
 func parseBool(v string) (bool, error) {
@@ -337,4 +341,12 @@ func parseDirection(v string) (string, error) {
 		return v, nil
 	}
 	return "", errDirection
+}
+
+func parseSource(v string) (string, error) {
+	switch v = strings.ToLower(v); v {
+	case "auto", "netlink", "proc":
+		return v, nil
+	}
+	return "", errSource
 }

@@ -32,7 +32,7 @@ func settingsEnv(env map[string]string) func(string) string {
 // lists them, changed by edit unless it is nil.
 func defaultSettings(edit func(s *settings)) settings {
 	s := settings{tcpv6: true, port: -1, listen: ":9690", duration: 6 * time.Second,
-		interval: time.Second, direction: "in", procfs: "/proc"}
+		interval: time.Second, direction: "in", procfs: "/proc", source: "auto"}
 	if edit != nil {
 		edit(&s)
 	}
@@ -88,6 +88,8 @@ func TestSettingsPrecedence(t *testing.T) {
 			func(s *settings, i int) { s.direction = []string{"in", "out", "all", "in"}[i] }},
 		{"procfs", "PROCFS", [3]string{"/host/proc", "/env/proc", "/flag/proc"},
 			func(s *settings, i int) { s.procfs = []string{"/proc", "/host/proc", "/env/proc", "/flag/proc"}[i] }},
+		{"source", "SOURCE", [3]string{"proc", "netlink", "proc"},
+			func(s *settings, i int) { s.source = []string{"auto", "proc", "netlink", "proc"}[i] }},
 	}
 	for _, tt := range tests {
 		conf := writeConfFile(t, tt.name+" "+tt.values[0]+"\n")
@@ -117,12 +119,12 @@ func TestSettingsPrecedence(t *testing.T) {
 // allConf is what testdata/conf/all.conf sets: every setting.
 var allConf = settings{simple: true, tcpv6: false, port: 3838, listen: "127.0.0.1:9691",
 	duration: 90 * time.Second, interval: 500 * time.Millisecond, direction: "out",
-	procfs: "/host/proc", conf: "testdata/conf/all.conf"}
+	procfs: "/host/proc", source: "proc", conf: "testdata/conf/all.conf"}
 
 func TestEnvEmptyIsUnset(t *testing.T) {
 	empty := make(map[string]string)
 	for _, name := range []string{"SIMPLE", "TCPV6", "PORT", "LISTEN", "DURATION",
-		"INTERVAL", "DIRECTION", "PROCFS", "CONF", "CONFIG"} {
+		"INTERVAL", "DIRECTION", "PROCFS", "SOURCE", "CONF", "CONFIG"} {
 		empty[name] = ""
 	}
 	tests := []struct {
@@ -237,7 +239,7 @@ func TestFlagForms(t *testing.T) {
 		{"-tcpv6=false", []string{"-tcpv6=false"}, defaultSettings(func(s *settings) { s.tcpv6 = false })},
 		{"bare -tcpv6 after false", []string{"-tcpv6=false", "-tcpv6"}, defaultSettings(nil)},
 		{"every setting", []string{"-simple", "-tcpv6=0", "-port", "3838", "-listen", "127.0.0.1:9691",
-			"-duration", "1m30s", "-interval=500ms", "--direction=out", "-procfs", "/host/proc"},
+			"-duration", "1m30s", "-interval=500ms", "--direction=out", "-procfs", "/host/proc", "-source", "proc"},
 			defaultSettings(func(s *settings) { *s = allConf; s.conf = "" })},
 	}
 	for _, tt := range tests {
@@ -381,6 +383,14 @@ func TestDirectionSetting(t *testing.T) {
 	checkValues(t, "direction", func(s *settings) *string { return &s.direction }, tests)
 }
 
+func TestSourceSetting(t *testing.T) {
+	tests := []valueTest[string]{
+		{"auto", "auto", nil}, {"netlink", "netlink", nil}, {"proc", "proc", nil}, {"Netlink", "netlink", nil},
+		{"sock_diag", "", errSource}, {"none", "", errSource},
+	}
+	checkValues(t, "source", func(s *settings) *string { return &s.source }, tests)
+}
+
 func TestProcfsSetting(t *testing.T) {
 	tests := []valueTest[string]{{"/host/proc", "/host/proc", nil}, {"proc", "proc", nil}}
 	checkValues(t, "procfs", func(s *settings) *string { return &s.procfs }, tests)
@@ -453,6 +463,7 @@ func TestBadSettings(t *testing.T) {
 		{"env duration", nil, map[string]string{"DURATION": "-1s"}, `invalid value "-1s" for duration from env DURATION: ` + notDur, errDuration},
 		{"env interval", nil, map[string]string{"INTERVAL": "0"}, `invalid value "0" for interval from env INTERVAL: ` + notDur, errDuration},
 		{"env direction", nil, map[string]string{"DIRECTION": "up"}, `invalid value "up" for direction from env DIRECTION: not one of in, out, all`, errDirection},
+		{"env source", nil, map[string]string{"SOURCE": "diag"}, `invalid value "diag" for source from env SOURCE: not one of auto, netlink, proc`, errSource},
 		{"env under a good flag", []string{"-port", "80"}, map[string]string{"PORT": "abc"}, `invalid value "abc" for port from env PORT: ` + notPort, errPortAll},
 		{"file unknown setting", []string{"-conf", bad + "unknown.conf"}, nil, bad + `unknown.conf:3: unknown setting "nope"`, errUnknownSetting},
 		{"file no name", []string{"-conf", bad + "noname.conf"}, nil, bad + `noname.conf:3: unknown setting ""`, errUnknownSetting},
@@ -494,7 +505,7 @@ func TestUsage(t *testing.T) {
 	rows := [][3]string{ // name, env, default
 		{"simple", "SIMPLE", "false"}, {"tcpv6", "TCPV6", "true"}, {"port", "PORT", "-1"},
 		{"listen", "LISTEN", "9690"}, {"duration", "DURATION", "6"}, {"interval", "INTERVAL", "1s"},
-		{"direction", "DIRECTION", "in"}, {"procfs", "PROCFS", "/proc"},
+		{"direction", "DIRECTION", "in"}, {"procfs", "PROCFS", "/proc"}, {"source", "SOURCE", "auto"},
 		{"conf", "CONF", "none"}, {"config", "CONFIG", "none"},
 	}
 	for _, args := range [][]string{{"-h"}, {"--help"}, {"-help"}, {"-port", "80", "-h"}} {
@@ -569,7 +580,8 @@ func checkValidSettings(t *testing.T, s *settings) {
 	n, _ := strconv.Atoi(port)
 	if err != nil || n < 1 || n > 65535 || s.port != -1 && (s.port < 1 || s.port > 65535) ||
 		s.duration <= 0 || s.interval <= 0 || s.procfs == "" ||
-		!slices.Contains([]string{"in", "out", "all"}, s.direction) {
+		!slices.Contains([]string{"in", "out", "all"}, s.direction) ||
+		!slices.Contains([]string{"auto", "netlink", "proc"}, s.source) {
 		t.Fatalf("applyConf took invalid settings: %v", s)
 	}
 }

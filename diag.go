@@ -1,0 +1,365 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Wire constants from linux/netlink.h, linux/sock_diag.h and linux/inet_diag.h.
+const (
+	nlmsgHdrLen      = 16                        // sizeof(struct nlmsghdr)
+	diagReqLen       = 56                        // sizeof(struct inet_diag_req_v2)
+	diagMsgLen       = 72                        // sizeof(struct inet_diag_msg)
+	netlinkSockDiag  = syscall.NETLINK_INET_DIAG // NETLINK_SOCK_DIAG, its later name
+	sockDiagByFamily = 20                        // SOCK_DIAG_BY_FAMILY
+	diagReqBytecode  = 1                         // INET_DIAG_REQ_BYTECODE
+	bcJmp            = 1                         // INET_DIAG_BC_JMP
+	bcSrcEq          = 11                        // INET_DIAG_BC_S_EQ
+	bcDstEq          = 12                        // INET_DIAG_BC_D_EQ
+	portFilterLen    = 20                        // bytes of bytecode written by appendPortFilter
+)
+
+const (
+	// diagBufSize exceeds the largest datagram the kernel builds for a
+	// dump (SKB_WITH_OVERHEAD(32 KiB)), so a reply is never truncated.
+	diagBufSize = 64 << 10
+	// diagTimeout bounds each receive so that a kernel that never ends a
+	// dump cannot hang a scrape forever.
+	diagTimeout = 5 * time.Second
+	// diagMaxRecvs bounds the receive loop of one request: 1<<16 full
+	// datagrams are about 20 million sockets.
+	diagMaxRecvs = 1 << 16
+)
+
+const (
+	listenStates      = 1 << stateListen
+	establishedStates = 1 << stateEstablished
+)
+
+var (
+	errDiagHeader   = errors.New("netlink header truncated")
+	errDiagShortLen = errors.New("netlink message length below header size")
+	errDiagLength   = errors.New("netlink message length beyond buffer")
+	errDiagShortMsg = errors.New("netlink payload too short")
+	errDiagType     = errors.New("unexpected netlink message type")
+	errDiagFamily   = errors.New("unexpected address family")
+	errDiagState    = errors.New("unexpected tcp state")
+	errDiagNetlink  = errors.New("netlink error reply")
+	errDiagSeq      = errors.New("netlink reply to another request")
+	errDiagOverflow = errors.New("netlink datagram larger than buffer")
+	errDiagEndless  = errors.New("netlink dump did not end")
+	errDiagPort     = errors.New("port out of range")
+	errDiagClosed   = errors.New("sock_diag source closed")
+)
+
+// diagSource dumps TCP sockets of the caller's network namespace over
+// NETLINK_SOCK_DIAG. It is not safe for concurrent use.
+type diagSource struct {
+	fd     int    // -1 while closed or after a failed reopen
+	buf    []byte // receive buffer, reused across reads
+	req    []byte // request being sent, reused
+	pid    uint32 // our netlink port id; the kernel addresses replies to it
+	seq    uint32 // sequence number of the last request
+	sock   socket // the value handed to fn, reused
+	closed bool   // Close was called
+}
+
+// newDiagSource opens the netlink socket that dump uses.
+func newDiagSource() (*diagSource, error) {
+	d := &diagSource{fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
+	if err := d.open(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// open creates the socket and configures it with setupDiagSocket.
+func (d *diagSource) open() error {
+	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, netlinkSockDiag)
+	if err != nil {
+		return fmt.Errorf("sock_diag socket: %w", err)
+	}
+	pid, err := setupDiagSocket(fd)
+	if err != nil {
+		syscall.Close(fd)
+		return fmt.Errorf("sock_diag setup: %w", err)
+	}
+	d.fd, d.pid = fd, pid
+	return nil
+}
+
+// setupDiagSocket sets the timeouts, binds fd and returns its port id.
+// Connecting to the kernel (port id 0) makes the socket refuse datagrams
+// from other processes.
+func setupDiagSocket(fd int) (pid uint32, err error) {
+	tv := syscall.NsecToTimeval(int64(diagTimeout))
+	for _, opt := range [...]int{syscall.SO_RCVTIMEO, syscall.SO_SNDTIMEO} {
+		if err := syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, opt, &tv); err != nil {
+			return 0, err
+		}
+	}
+	kernel := &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}
+	if err := syscall.Bind(fd, kernel); err != nil {
+		return 0, err
+	}
+	if err := syscall.Connect(fd, kernel); err != nil {
+		return 0, err
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return 0, err
+	}
+	nl, ok := sa.(*syscall.SockaddrNetlink)
+	if !ok {
+		return 0, fmt.Errorf("unexpected local address %T", sa)
+	}
+	return nl.Pid, nil
+}
+
+// Close releases the socket; later dumps fail.
+func (d *diagSource) Close() error {
+	d.closed = true
+	if d.fd < 0 {
+		return nil
+	}
+	err := syscall.Close(d.fd)
+	d.fd = -1
+	return err
+}
+
+// dump asks for AF_INET then AF_INET6 sockets in state ESTABLISHED or LISTEN
+// and calls fn for each; fn must not keep the pointer. With port != -1 the
+// kernel sends every listener but only the established sockets whose source
+// or destination port is port: listeners come from a request of their own,
+// established sockets from a request carrying a port filter. An error of one
+// family does not stop the other; fn may have seen sockets of a failed dump.
+func (d *diagSource) dump(port int, fn func(*socket)) error {
+	if port < -1 || port > 0xffff {
+		return fmt.Errorf("%w: %d", errDiagPort, port)
+	}
+	var errs [2]error
+	for i, f := range diagFamilies {
+		var err error
+		if port < 0 {
+			err = d.request(f.family, listenStates|establishedStates, -1, fn)
+		} else if err = d.request(f.family, listenStates, -1, fn); err == nil {
+			err = d.request(f.family, establishedStates, port, fn)
+		}
+		if err != nil {
+			errs[i] = fmt.Errorf("sock_diag %s: %w", f.name, err)
+		}
+	}
+	return errors.Join(errs[0], errs[1])
+}
+
+var diagFamilies = [...]struct {
+	family uint8
+	name   string
+}{{syscall.AF_INET, "AF_INET"}, {syscall.AF_INET6, "AF_INET6"}}
+
+// request runs one dump to its end. When it stops early, unread replies
+// would be mistaken for the next request's and the kernel would refuse a new
+// dump (EBUSY) while this one is pending, so the socket is replaced.
+func (d *diagSource) request(family uint8, states uint32, port int, fn func(*socket)) error {
+	if d.closed {
+		return errDiagClosed
+	}
+	if d.fd < 0 {
+		if err := d.open(); err != nil {
+			return err
+		}
+	}
+	err := d.send(family, states, port)
+	for i := 0; err == nil; i++ {
+		if i == diagMaxRecvs {
+			err = errDiagEndless
+			break
+		}
+		var n int
+		if n, err = d.recv(); err != nil {
+			break
+		}
+		var done bool
+		done, err = parseReply(d.buf[:n], d.seq, d.pid, &d.sock, fn)
+		if done {
+			return err
+		}
+	}
+	syscall.Close(d.fd)
+	d.fd = -1
+	return err
+}
+
+// send writes a dump request for one family.
+func (d *diagSource) send(family uint8, states uint32, port int) error {
+	d.seq++
+	if d.seq == 0 { // 0 means "any" to parseReply
+		d.seq = 1
+	}
+	d.req = appendRequest(d.req[:0], d.seq, family, states, port)
+	if _, err := syscall.Write(d.fd, d.req); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+// recv reads one datagram into d.buf. MSG_TRUNC makes the kernel report the
+// datagram's full length, so a truncated read is detected, not misparsed.
+func (d *diagSource) recv() (int, error) {
+	for {
+		n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, uintptr(d.fd),
+			uintptr(unsafe.Pointer(&d.buf[0])), uintptr(len(d.buf)), syscall.MSG_TRUNC, 0, 0)
+		switch {
+		case errno == syscall.EINTR:
+			continue
+		case errno == syscall.EAGAIN:
+			return 0, fmt.Errorf("recv: no reply within %v: %w", diagTimeout, errno)
+		case errno != 0:
+			return 0, fmt.Errorf("recv: %w", errno)
+		case int(n) > len(d.buf):
+			return 0, fmt.Errorf("%w: %d bytes", errDiagOverflow, n)
+		}
+		return int(n), nil
+	}
+}
+
+// appendRequest appends a SOCK_DIAG_BY_FAMILY dump request for TCP sockets
+// of family in states; port >= 0 adds a filter sport == port || dport == port.
+func appendRequest(b []byte, seq uint32, family uint8, states uint32, port int) []byte {
+	n := nlmsgHdrLen + diagReqLen
+	if port >= 0 {
+		n += 4 + portFilterLen
+	}
+	ne := binary.NativeEndian
+	b = ne.AppendUint32(b, uint32(n))
+	b = ne.AppendUint16(b, sockDiagByFamily)
+	b = ne.AppendUint16(b, syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
+	b = ne.AppendUint32(b, seq)
+	b = ne.AppendUint32(b, 0)                        // nlmsg_pid: the kernel fills it in
+	b = append(b, family, syscall.IPPROTO_TCP, 0, 0) // family, protocol, idiag_ext, pad
+	b = ne.AppendUint32(b, states)                   // idiag_states
+	var anyID [diagReqLen - 8]byte
+	b = append(b, anyID[:]...) // inet_diag_sockid: match any
+	if port >= 0 {
+		b = ne.AppendUint16(b, 4+portFilterLen) // nla_len
+		b = ne.AppendUint16(b, diagReqBytecode) // nla_type
+		b = appendPortFilter(b, uint16(port))
+	}
+	return b
+}
+
+// appendPortFilter appends inet_diag bytecode accepting sport == p || dport == p.
+// Each op is {code, yes, no}: the program continues at op+yes when the
+// condition holds and at op+no otherwise; landing exactly on the end accepts,
+// landing 4 bytes past it rejects. A port comparison takes two ops, the
+// second holding the port in its no field.
+//
+//	 0: S_EQ yes 8 no 12   sport == p? go to 8 : go to 12
+//	 4:  (port p)
+//	 8: JMP  yes 4 no 12   always "no": go to 20, the end: accept
+//	12: D_EQ yes 8 no 12   dport == p? go to 20, accept : go to 24, reject
+//	16:  (port p)
+func appendPortFilter(b []byte, p uint16) []byte {
+	ne := binary.NativeEndian
+	op := func(b []byte, code, yes uint8, no uint16) []byte {
+		return ne.AppendUint16(append(b, code, yes), no)
+	}
+	b = op(b, bcSrcEq, 8, 12)
+	b = op(b, 0, 0, p)
+	b = op(b, bcJmp, 4, 12)
+	b = op(b, bcDstEq, 8, 12)
+	return op(b, 0, 0, p)
+}
+
+// parseDiagMessages parses a buffer of netlink messages (one recv's worth),
+// calling fn per inet_diag_msg; fn must not keep the pointer. done reports
+// the end of the dump (NLMSG_DONE or NLMSG_ERROR, whose errno err wraps).
+func parseDiagMessages(b []byte, fn func(*socket)) (done bool, err error) {
+	var s socket
+	return parseReply(b, 0, 0, &s, fn)
+}
+
+// parseReply is parseDiagMessages decoding into s. Unless seq is 0, every
+// message must carry seq and pid, so that a stray reply is never counted.
+func parseReply(b []byte, seq, pid uint32, s *socket, fn func(*socket)) (done bool, err error) {
+	ne := binary.NativeEndian
+	for len(b) > 0 {
+		if len(b) < nlmsgHdrLen {
+			return false, fmt.Errorf("%w: %d bytes left", errDiagHeader, len(b))
+		}
+		n := ne.Uint32(b)
+		switch {
+		case n < nlmsgHdrLen:
+			return false, fmt.Errorf("%w: %d", errDiagShortLen, n)
+		case uint64(n) > uint64(len(b)):
+			return false, fmt.Errorf("%w: %d > %d", errDiagLength, n, len(b))
+		case seq != 0 && (ne.Uint32(b[8:]) != seq || ne.Uint32(b[12:]) != pid):
+			return false, fmt.Errorf("%w: seq %d pid %d", errDiagSeq, ne.Uint32(b[8:]), ne.Uint32(b[12:]))
+		}
+		payload := b[nlmsgHdrLen:n]
+		switch typ := ne.Uint16(b[4:]); typ {
+		case sockDiagByFamily:
+			if err := parseDiagMsg(payload, s); err != nil {
+				return false, err
+			}
+			fn(s)
+		case syscall.NLMSG_DONE:
+			return true, replyError(payload)
+		case syscall.NLMSG_ERROR:
+			if len(payload) < 4 {
+				return false, fmt.Errorf("%w: NLMSG_ERROR of %d bytes", errDiagShortMsg, len(payload))
+			}
+			return true, replyError(payload)
+		case syscall.NLMSG_NOOP:
+		default:
+			return false, fmt.Errorf("%w: %d", errDiagType, typ)
+		}
+		b = b[min((int(n)+3)&^3, len(b)):] // NLMSG_ALIGN; the last message may lack padding
+	}
+	return false, nil
+}
+
+// replyError decodes the int32 error that starts NLMSG_ERROR and NLMSG_DONE
+// payloads; 0 is an acknowledgement.
+func replyError(p []byte) error {
+	if len(p) < 4 {
+		return nil
+	}
+	e := int64(int32(binary.NativeEndian.Uint32(p)))
+	if e == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", errDiagNetlink, syscall.Errno(max(e, -e)))
+}
+
+// parseDiagMsg decodes a struct inet_diag_msg. Addresses keep the family of
+// the socket, as /proc/net/tcp6 keeps IPv4-mapped addresses.
+func parseDiagMsg(p []byte, s *socket) error {
+	if len(p) < diagMsgLen {
+		return fmt.Errorf("%w: inet_diag_msg of %d bytes", errDiagShortMsg, len(p))
+	}
+	state := tcpState(p[1])
+	if state < stateEstablished || state > stateNewSynRecv {
+		return fmt.Errorf("%w: %d", errDiagState, p[1])
+	}
+	sport := binary.BigEndian.Uint16(p[4:])
+	dport := binary.BigEndian.Uint16(p[6:])
+	switch p[0] {
+	case syscall.AF_INET:
+		s.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte(p[8:12])), sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte(p[24:28])), dport)
+	case syscall.AF_INET6:
+		s.Local = netip.AddrPortFrom(netip.AddrFrom16([16]byte(p[8:24])), sport)
+		s.Remote = netip.AddrPortFrom(netip.AddrFrom16([16]byte(p[24:40])), dport)
+	default:
+		return fmt.Errorf("%w: %d", errDiagFamily, p[0])
+	}
+	s.State = state
+	s.Inode = uint64(binary.NativeEndian.Uint32(p[68:]))
+	return nil
+}
