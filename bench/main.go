@@ -2,7 +2,7 @@
 // user-space reader of /proc/net/tcp{,6} can go below, at several numbers
 // of real established loopback connections, and prints one table.
 //
-//	go run ./bench                  # N = 1000, 10000, 50000
+//	go run ./bench                  # N = 0, 1000, 10000, 50000
 //	go run ./bench -n 0,1000 -reads 30
 //
 // As root it runs in a network namespace of its own (unshare -n), so that
@@ -24,7 +24,7 @@ import (
 
 func main() {
 	var (
-		ns      = flag.String("n", "1000,10000,50000", "connection counts, comma-separated")
+		ns      = flag.String("n", "0,1000,10000,50000", "connection counts, comma-separated")
 		ports   = flag.Int("ports", 100, "listening ports the connections spread over")
 		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over")
 		scrapes = flag.Int("scrapes", 200, "scrapes to measure /metrics latency over")
@@ -56,7 +56,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("N=%d: %v", n, err)
 		}
-		rows = append(rows, r)
+		rows = append(rows, r...)
 		log.Printf("N=%d done", n)
 	}
 	printTable(os.Stdout, rows, bins)

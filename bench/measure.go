@@ -26,6 +26,7 @@ type runConfig struct {
 // result is one row of the table.
 type result struct {
 	n          int
+	variant    string        // the exporter's source, and port when set
 	floor      time.Duration // median bare read of tcp and tcp6
 	cpuPerRead time.Duration // exporter CPU over reads, per read
 	rss        int64         // bytes, after the reads
@@ -35,23 +36,57 @@ type result struct {
 
 const exporterAddr = "127.0.0.1:19690"
 
-// measure holds n connections, measures the floor, then runs the exporter
-// and measures its CPU per read, RSS and scrape latency.
-func measure(bins binaries, cfg runConfig, n int) (result, error) {
-	r := result{n: n}
+// variants are the exporter configurations measured at each N; the port
+// variant is run where the load tool gives a port.
+var variants = []struct {
+	name     string
+	args     []string
+	withPort bool
+}{
+	{"proc", []string{"-source", "proc"}, false},
+	{"netlink", []string{"-source", "netlink"}, false},
+	{"netlink, port", []string{"-source", "netlink"}, true},
+}
+
+// measure holds n connections, measures the floor, then runs each variant
+// of the exporter and measures its CPU per read, RSS and scrape latency.
+func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
+	port := ""
 	if n > 0 {
-		stop, err := startLoad(bins.load, cfg, n)
+		stop, p, err := startLoad(bins.load, cfg, n)
 		if err != nil {
-			return r, err
+			return nil, err
 		}
 		defer stop()
+		port = p
 	}
 	floor, err := floorRead(31)
 	if err != nil {
-		return r, err
+		return nil, err
 	}
-	r.floor = floor
-	cmd, err := startExporter(bins.exporter, cfg.args)
+	var rows []result
+	for _, v := range variants {
+		args := append(append([]string{}, v.args...), cfg.args...)
+		if v.withPort {
+			if port == "" {
+				continue
+			}
+			args = append(args, "-port", port)
+		}
+		r, err := measureExporter(bins.exporter, cfg, args)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", v.name, err)
+		}
+		r.n, r.variant, r.floor = n, v.name, floor
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// measureExporter runs the exporter with args and measures it.
+func measureExporter(bin string, cfg runConfig, args []string) (result, error) {
+	var r result
+	cmd, err := startExporter(bin, args)
 	if err != nil {
 		return r, err
 	}
@@ -73,13 +108,14 @@ func measure(bins binaries, cfg runConfig, n int) (result, error) {
 	return r, err
 }
 
-// startLoad runs the load tool and waits until it holds n connections.
-func startLoad(bin string, cfg runConfig, n int) (stop func(), err error) {
+// startLoad runs the load tool and waits until it holds n connections; it
+// returns one of the service ports.
+func startLoad(bin string, cfg runConfig, n int) (stop func(), port string, err error) {
 	ready := filepath.Join(cfg.dir, "ready")
 	cmd := exec.Command(bin, "-n", strconv.Itoa(n), "-ports", strconv.Itoa(cfg.ports), "-hold", "20m", "-ready", ready)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	stop = func() {
 		cmd.Process.Signal(syscall.SIGTERM)
@@ -90,9 +126,15 @@ func startLoad(bin string, cfg runConfig, n int) (stop func(), err error) {
 		return err == nil
 	}); err != nil {
 		stop()
-		return nil, err
+		return nil, "", err
 	}
-	return stop, nil
+	data, _ := os.ReadFile(ready)
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if ports, ok := strings.CutPrefix(line, "ports="); ok {
+			port, _, _ = strings.Cut(ports, ",")
+		}
+	}
+	return stop, port, nil
 }
 
 func startExporter(bin string, args []string) (*exec.Cmd, error) {
@@ -233,11 +275,11 @@ func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
 }
 
 func printTable(w io.Writer, rows []result, bins binaries) {
-	fmt.Fprintln(w, "| connections | floor: read tcp+tcp6 | exporter CPU per read | ratio | RSS | /metrics p50 | /metrics p99 | series |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| connections | source | floor: read tcp+tcp6 | exporter CPU per read | ratio to floor | RSS | /metrics p50 | /metrics p99 | series |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %.2fx | %.1f MiB | %s | %s | %d |\n",
-			r.n, ms(r.floor), ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor),
+		fmt.Fprintf(w, "| %d | %s | %s | %s | %.2fx | %.1f MiB | %s | %s | %d |\n",
+			r.n, r.variant, ms(r.floor), ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor),
 			float64(r.rss)/(1<<20), ms(r.p50), ms(r.p99), r.series)
 	}
 	fmt.Fprintf(w, "\nstripped static binary: exporter %s, bare net/http server %s\n", size(bins.exporter), size(bins.bare))
