@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,16 +93,17 @@ func measureExporter(bin string, cfg runConfig, args []string) (result, error) {
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	pid := cmd.Process.Pid
-	if err := waitFor(time.Minute, "3 exporter reads", func() bool { return reads() >= 3 }); err != nil {
-		return r, err
+	time.Sleep(3 * time.Second) // a few reads to warm up, without scrapes
+	// One scrape before and one after, outside the CPU time measured: a
+	// scrape costs as much as a small read.
+	reads0 := reads()
+	cpu0 := cpuTime(pid)
+	time.Sleep(time.Duration(cfg.reads)*time.Second + 500*time.Millisecond) // the default interval
+	cpu1 := cpuTime(pid)
+	reads1 := reads()
+	if reads1-reads0 < float64(cfg.reads) {
+		return r, fmt.Errorf("only %v reads in %d s", reads1-reads0, cfg.reads)
 	}
-	cpu0, reads0 := cpuTime(pid), reads()
-	if err := waitFor(time.Duration(cfg.reads+30)*time.Minute/10, "exporter reads", func() bool {
-		return reads() >= reads0+float64(cfg.reads)
-	}); err != nil {
-		return r, err
-	}
-	cpu1, reads1 := cpuTime(pid), reads()
 	r.cpuPerRead = time.Duration(float64(cpu1-cpu0) / (reads1 - reads0))
 	r.rss = rss(pid)
 	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
@@ -160,23 +162,34 @@ func startExporter(bin string, args []string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// floorRead is the median time to read /proc/net/tcp and tcp6 once, with
-// raw read(2) calls into a large reused buffer and no parsing: the cost
-// that no reader of these files can go below.
+// floorRead is the median CPU time to read /proc/net/tcp and tcp6 once,
+// with raw read(2) calls into a large reused buffer and no parsing: the
+// cost that no reader of these files can go below. It is CPU time, as the
+// exporter's is, so that other work on the machine does not inflate it.
 func floorRead(times int) (time.Duration, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	buf := make([]byte, 1<<20)
 	d := make([]time.Duration, 0, times)
 	for range times {
-		start := time.Now()
+		start := threadCPU()
 		for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 			if err := readAll(f, buf); err != nil {
 				return 0, err
 			}
 		}
-		d = append(d, time.Since(start))
+		d = append(d, threadCPU()-start)
 	}
 	slices.Sort(d)
 	return d[len(d)/2], nil
+}
+
+// threadCPU is the calling thread's CPU time.
+func threadCPU() time.Duration {
+	const clockThreadCPUTimeID = 3
+	var ts syscall.Timespec
+	syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTimeID, uintptr(unsafe.Pointer(&ts)), 0)
+	return time.Duration(ts.Nano())
 }
 
 func readAll(path string, buf []byte) error {
