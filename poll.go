@@ -7,7 +7,9 @@ import (
 	"log"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -25,12 +27,21 @@ type exporter struct {
 	observe func(*socket) // tr.observe, bound once
 	lastErr error         // of the previous read
 	badSeen map[string]bool
-	conns   []byte // connection families of the last good read
-	back    []byte // the body the next read writes
+	back    *body // the body the last read replaced; reused when free
 
-	mu   sync.Mutex // guards body and err, which scrapes copy out
-	body []byte     // what /metrics serves, but the process families
-	err  error      // the last read's error, nil when it succeeded
+	mu    sync.Mutex // guards front and err
+	front *body      // what /metrics serves, but the process families
+	err   error      // the last read's error, nil when it succeeded
+
+	gzip compressor
+}
+
+// body is a rendered /metrics body. Scrapes hold a reference while they
+// write it, so that the poll loop reuses only a buffer no one reads.
+type body struct {
+	b     []byte
+	conns int // the connection families are b[:conns]
+	refs  atomic.Int32
 }
 
 // tableFile is one source of sockets and what reading it has met.
@@ -96,29 +107,48 @@ func (x *exporter) poll() {
 	start := time.Now()
 	x.tr.begin()
 	err := x.read()
-	if err == nil {
+	next := x.back
+	if next == nil || next.refs.Load() > 0 { // a slow scrape still writes it
+		next = new(body)
+	}
+	switch {
+	case err == nil:
 		x.tr.end()
-		x.conns = appendConnMetrics(x.conns[:0], connView{
+		if x.tr.burstEnded {
+			// The garbage of a burst (the first read's, say) is
+			// collected and returned now: the steady state makes
+			// almost none, and the heap would keep its peak size.
+			debug.FreeOSMemory()
+		}
+		next.b = appendConnMetrics(next.b[:0], connView{
 			simple:  x.s.simple,
 			withDir: x.s.direction != "in",
 			series:  x.tr.sorted,
 			total:   &x.tr.total,
 		})
+	case x.front != nil: // only this goroutine changes front
+		next.b = append(next.b[:0], x.front.b[:x.front.conns]...)
+	default:
+		next.b = next.b[:0]
 	}
+	next.conns = len(next.b)
 	x.noteError(err)
-	body := append(x.back[:0], x.conns...)
-	body = x.appendHealth(body, time.Since(start))
+	next.b = x.appendHealth(next.b, time.Since(start))
 	x.mu.Lock()
-	x.body, x.back, x.err = body, x.body, err
+	x.front, x.back, x.err = next, x.front, err
 	x.mu.Unlock()
 }
 
-// snapshot copies what the last read published into buf.
-func (x *exporter) snapshot(buf []byte) ([]byte, error) {
+// acquire returns what the last read published; the caller releases the
+// body when done writing it.
+func (x *exporter) acquire() (*body, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	return append(buf, x.body...), x.err
+	x.front.refs.Add(1)
+	return x.front, x.err
 }
+
+func (b *body) release() { b.refs.Add(-1) }
 
 // read lists the sockets of one read to the tracker. A netlink read that
 // fails falls back to /proc for good, with one log line.

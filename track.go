@@ -130,6 +130,9 @@ type tracker struct {
 	lastAt  time.Duration // when the last ended read began
 	seenN   int           // entries listed by the current read
 	pending []connKey     // connections first seen in the current read
+	// burstEnded says that the last end dropped the buffer of a read that
+	// saw many new connections: memory the process may give back.
+	burstEnded bool
 
 	listen4, listen6 portSet // local ports with a LISTEN socket in tcp / tcp6
 	listenAny        portSet // a tcp6 listener on :: takes IPv4 too
@@ -265,7 +268,8 @@ func (t *tracker) end() {
 	for _, k := range t.pending {
 		t.add(k)
 	}
-	if cap(t.pending) > 4*len(t.pending)+1024 {
+	t.burstEnded = cap(t.pending) > 4*len(t.pending)+1024
+	if t.burstEnded {
 		t.pending = nil // the first read's, or a burst's: not worth keeping
 	}
 	if t.seenN < t.tracked() {
