@@ -105,8 +105,8 @@ func measureExporter(bin string, cfg runConfig, args []string) (result, error) {
 		return r, fmt.Errorf("only %v reads in %d s", reads1-reads0, cfg.reads)
 	}
 	r.cpuPerRead = time.Duration(float64(cpu1-cpu0) / (reads1 - reads0))
-	r.rss = rss(pid)
 	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
+	r.rss = rss(pid) // after the scrapes, which bring the gzip writer in
 	return r, err
 }
 
