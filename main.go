@@ -114,13 +114,20 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 }
 
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s conf=%s",
-		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.conf)
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
+		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
 }
 
+// loop reads the tables every interval until ctx is done. It owns the
+// netlink socket, which it closes when done.
 func (x *exporter) loop(ctx context.Context) {
 	t := time.NewTicker(x.s.interval)
 	defer t.Stop()
+	defer func() {
+		if x.diag != nil {
+			x.diag.Close()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
