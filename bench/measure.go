@@ -49,8 +49,9 @@ var variants = []struct {
 	{"netlink, port", []string{"-source", "netlink"}, true},
 }
 
-// measure holds n connections, measures the floor, then runs each variant
-// of the exporter and measures its CPU per read, RSS and scrape latency.
+// measure holds n connections and runs each variant of the exporter,
+// measuring its CPU per read, RSS and scrape latency, and the floor just
+// before and just after it: the kernel's cost drifts over minutes.
 func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	port := ""
 	if n > 0 {
@@ -61,10 +62,6 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 		defer stop()
 		port = p
 	}
-	floor, err := floorRead(31)
-	if err != nil {
-		return nil, err
-	}
 	var rows []result
 	for _, v := range variants {
 		args := append(append([]string{}, v.args...), cfg.args...)
@@ -74,11 +71,19 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 			}
 			args = append(args, "-port", port)
 		}
+		before, err := floorReads(21)
+		if err != nil {
+			return nil, err
+		}
 		r, err := measureExporter(bins.exporter, cfg, args)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", v.name, err)
 		}
-		r.n, r.variant, r.floor = n, v.name, floor
+		after, err := floorReads(21)
+		if err != nil {
+			return nil, err
+		}
+		r.n, r.variant, r.floor = n, v.name, median(append(before, after...))
 		rows = append(rows, r)
 	}
 	return rows, nil
@@ -162,11 +167,12 @@ func startExporter(bin string, args []string) (*exec.Cmd, error) {
 	return cmd, nil
 }
 
-// floorRead is the median CPU time to read /proc/net/tcp and tcp6 once,
-// with raw read(2) calls into a large reused buffer and no parsing: the
-// cost that no reader of these files can go below. It is CPU time, as the
-// exporter's is, so that other work on the machine does not inflate it.
-func floorRead(times int) (time.Duration, error) {
+// floorReads measures, times times, the CPU time to read /proc/net/tcp and
+// tcp6 once, with raw read(2) calls into a large reused buffer and no
+// parsing: the cost that no reader of these files can go below. It is CPU
+// time, as the exporter's is, so that other work on the machine does not
+// inflate it.
+func floorReads(times int) ([]time.Duration, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	buf := make([]byte, 1<<20)
@@ -175,13 +181,17 @@ func floorRead(times int) (time.Duration, error) {
 		start := threadCPU()
 		for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 			if err := readAll(f, buf); err != nil {
-				return 0, err
+				return nil, err
 			}
 		}
 		d = append(d, threadCPU()-start)
 	}
+	return d, nil
+}
+
+func median(d []time.Duration) time.Duration {
 	slices.Sort(d)
-	return d[len(d)/2], nil
+	return d[len(d)/2]
 }
 
 // threadCPU is the calling thread's CPU time.
