@@ -85,12 +85,18 @@ var (
 	errInode    = errors.New("malformed inode")
 	errTooLong  = errors.New("line too long")
 	errSlotName = errors.New("malformed slot")
+	errTooBig   = errors.New("larger than 1 GiB: not a connection table")
 )
 
 // tableBufSize is the parser's buffer. The kernel returns about one page per
 // read(2) whatever the buffer, so a bigger one saves nothing; it only has to
 // hold the longest line we accept.
 const tableBufSize = 64 << 10
+
+// maxTableBytes bounds one read of a table. A million sockets make about
+// 150 MB; a file that never ends (a FIFO kept fed, /dev/zero mounted in its
+// place) must fail the read, not stall the poll loop for good.
+const maxTableBytes = 1 << 30
 
 // tableParser parses /proc/net/tcp and /proc/net/tcp6. It keeps its buffer
 // between reads so that the steady state allocates nothing.
@@ -101,7 +107,8 @@ type tableParser struct {
 
 // parse reads one table from r and calls fn for each well-formed socket line;
 // fn must not keep the pointer. A malformed line is skipped and handed to bad
-// as a *ParseError. parse fails only when r fails or the header is wrong.
+// as a *ParseError. parse fails only when r fails, the header is wrong or
+// r holds more than maxTableBytes.
 func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func(error)) error {
 	if p.buf == nil {
 		p.buf = make([]byte, tableBufSize)
@@ -109,6 +116,7 @@ func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func
 	buf := p.buf
 	var (
 		start, end int    // unparsed bytes are buf[start:end]
+		total      int    // bytes read
 		lineNo     int    // lines seen so far
 		skipping   bool   // inside a line longer than buf
 		skipped    string // the start of that line
@@ -138,6 +146,9 @@ func (p *tableParser) parse(r io.Reader, path string, fn func(*socket), bad func
 		// A reader may return its last bytes together with io.EOF.
 		n, err := r.Read(buf[end:])
 		end += n
+		if total += n; total > maxTableBytes {
+			return fmt.Errorf("%s: %w", path, errTooBig)
+		}
 		switch {
 		case err == io.EOF:
 			eof = true
