@@ -130,6 +130,7 @@ type tracker struct {
 	lastAt  time.Duration // when the last ended read began
 	seenN   int           // entries listed by the current read
 	pending []connKey     // connections first seen in the current read
+	recheck []connKey     // first seen by the last ended read, as outbound
 	// burstEnded says that the last end dropped the buffer of a read that
 	// saw many new connections: memory the process may give back.
 	burstEnded bool
@@ -265,12 +266,17 @@ func (t *tracker) listening(p uint16) bool {
 // end finishes the current read: it classifies the new connections,
 // forgets the ones that are gone and brings the series up to date.
 func (t *tracker) end() {
+	t.recheckOutbound()
 	for _, k := range t.pending {
 		t.add(k)
 	}
 	t.burstEnded = cap(t.pending) > 4*len(t.pending)+1024
 	if t.burstEnded {
 		t.pending = nil // the first read's, or a burst's: not worth keeping
+	}
+	if cap(t.recheck) > 4*len(t.recheck)+1024 { // likewise, but for the next read
+		t.recheck = append([]connKey(nil), t.recheck...)
+		t.burstEnded = true
 	}
 	if t.seenN < t.tracked() {
 		t.forgetGone()
@@ -300,6 +306,9 @@ func (t *tracker) add(k connKey) {
 	e, ok := t.accepted(k)
 	if !ok {
 		e = t.classify(k)
+		if !t.listening(k.lport) {
+			t.recheck = append(t.recheck, k)
+		}
 	}
 	if old, ok := t.conns[k.inode]; ok && k.inode != 0 {
 		t.drop(old) // its inode number was recycled: that socket is gone
@@ -339,13 +348,7 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	e := t.entries[i]
 	if e.seen == t.gen {
 		t.seenN-- // it stands for this very connection
-		if e.series >= 0 {
-			s := t.series[e.series]
-			s.established--
-			if t.readAt-e.first >= t.cfg.duration {
-				s.longterm--
-			}
-		}
+		t.uncount(&e)
 	}
 	delete(t.queued, k0)
 	t.free = append(t.free, i)
@@ -353,18 +356,61 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	return e, true
 }
 
+// uncount takes back what count added for e in the current read.
+func (t *tracker) uncount(e *connEntry) {
+	if e.series < 0 {
+		return
+	}
+	s := t.series[e.series]
+	s.established--
+	if t.readAt-e.first >= t.cfg.duration {
+		s.longterm--
+	}
+}
+
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: -1}
+	return connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k)}
+}
+
+// seriesOf returns the index of the series a connection counts in, by the
+// listeners of the current read, or -1 when it does not count.
+func (t *tracker) seriesOf(k *connKey) int32 {
 	key := seriesKey{dirOut, k.rport, !k.v4()}
 	if t.listening(k.lport) {
 		key.dir, key.port = dirIn, k.lport
 	}
 	if (key.dir == dirIn && t.cfg.in || key.dir == dirOut && t.cfg.out) &&
 		(t.cfg.port < 0 || int(key.port) == t.cfg.port) {
-		e.series = t.seriesFor(key)
+		return t.seriesFor(key)
 	}
-	return e
+	return -1
+}
+
+// recheckOutbound takes a second look at the connections that the last
+// ended read saw first, as outbound. A read is not atomic: the kernel lists
+// the listeners before the connections, so a listener opened during a read
+// is missed while the connections it accepted meanwhile are listed. This
+// read lists the listener: those connections are inbound. It runs before
+// the new connections are added, so that one accepted from the queue (see
+// accepted) takes over the corrected entry.
+func (t *tracker) recheckOutbound() {
+	for _, k := range t.recheck {
+		i, ok := t.lookup(&k)
+		if !ok || !t.listening(k.lport) {
+			continue // gone, or outbound indeed
+		}
+		e := &t.entries[i]
+		counted := e.seen == t.gen
+		if counted {
+			t.uncount(e)
+		}
+		e.series = t.seriesOf(&k)
+		if counted && e.series >= 0 {
+			t.count(e)
+		}
+	}
+	t.recheck = t.recheck[:0]
 }
 
 // forgetGone drops the connections the current read did not list, and

@@ -184,16 +184,62 @@ func TestTrackerListedTwiceCountsOnce(t *testing.T) {
 	})
 }
 
-// The direction is fixed at first sight: a listener that appears later
-// does not turn an outbound connection into an inbound one.
+// The direction is fixed once two reads have listed a connection: a
+// listener that appears later does not turn an outbound connection into an
+// inbound one.
 func TestTrackerDirectionFixedAtFirstSight(t *testing.T) {
 	cfg := defaultCfg
 	cfg.out = true
 	runSteps(t, cfg, []step{
 		{at: 0, sockets: []socket{in1}, want: []row{{"out/40001/4", 0, 1}}},
+		{at: 1 * time.Second, sockets: []socket{in1}, want: []row{{"out/40001/4", 0, 1}}},
 		{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{
 			{"in/80/4", 0, 0}, {"out/40001/4", 1, 1}}},
 	})
+}
+
+// A read is not atomic: the kernel lists listeners before connections, so
+// a listener opened during a read is missed by it while the connections it
+// accepted meanwhile are listed. The next read lists the listener: they are
+// inbound, and keep their age.
+func TestTrackerListenerOpenedDuringRead(t *testing.T) {
+	queued := in1
+	queued.Inode = 0
+	allCfg := defaultCfg
+	allCfg.out = true
+	tests := []struct {
+		name  string
+		cfg   trackConfig
+		steps []step
+	}{
+		{"in", defaultCfg, []step{
+			{at: 0, sockets: []socket{in1}, want: nil},
+			{at: 1 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
+			{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 1, 1}}},
+		}},
+		{"all", allCfg, []step{
+			{at: 0, sockets: []socket{in1, in1Out}, want: []row{{"out/80/4", 0, 1}, {"out/40001/4", 0, 1}}},
+			{at: 1 * time.Second, sockets: []socket{lis80, in1, in1Out}, want: []row{{"in/80/4", 0, 1}, {"out/80/4", 0, 1}}},
+			{at: 6 * time.Second, sockets: []socket{lis80, in1, in1Out}, want: []row{{"in/80/4", 1, 1}, {"out/80/4", 1, 1}}},
+		}},
+		{"accepted from the queue meanwhile", defaultCfg, []step{
+			{at: 0, sockets: []socket{queued}, want: nil},
+			{at: 1 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
+			{at: 6 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 1, 1}}},
+		}},
+		{"gone before the next read", allCfg, []step{
+			{at: 0, sockets: []socket{in1}, want: []row{{"out/40001/4", 0, 1}}},
+			{at: 1 * time.Second, sockets: []socket{lis80}, want: []row{{"in/80/4", 0, 0}}},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := runSteps(t, tt.cfg, tt.steps)
+			if n := tr.tracked(); n != len(tt.steps[len(tt.steps)-1].sockets)-1 {
+				t.Errorf("tracked = %d, want %d", n, len(tt.steps[len(tt.steps)-1].sockets)-1)
+			}
+		})
+	}
 }
 
 func TestTrackerSeriesComeAndGo(t *testing.T) {
