@@ -1,0 +1,121 @@
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// The port filter's bytecode against the kernel's rules.
+
+// diagAnyPortFilter builds bytecode accepting sockets with any of ports as
+// source or destination port, the way appendPortFilter does for one:
+// each comparison but the last is followed by a JMP to the end (accept).
+func diagAnyPortFilter(ports ...uint16) []byte {
+	ne := binary.NativeEndian
+	total := 2*len(ports)*12 - 4
+	var b []byte
+	for i, p := range ports {
+		for j, code := range []uint8{bcSrcEq, bcDstEq} {
+			b = ne.AppendUint16(append(b, code, 8), 12)
+			b = ne.AppendUint16(append(b, 0, 0), p)
+			if i < len(ports)-1 || j == 0 {
+				b = ne.AppendUint16(append(b, bcJmp, 4), uint16(total-len(b)))
+			}
+		}
+	}
+	return b
+}
+
+// diagBCRun is the kernel's inet_diag_bc_run for the ops the filter uses.
+// Call it only on a program diagBCAudit accepts.
+func diagBCRun(bc []byte, sport, dport uint16) bool {
+	ne := binary.NativeEndian
+	left, i := len(bc), 0
+	for left > 0 {
+		op := bc[i:]
+		ok := true
+		switch op[0] {
+		case bcJmp:
+			ok = false
+		case bcSrcEq:
+			ok = sport == ne.Uint16(op[6:])
+		case bcDstEq:
+			ok = dport == ne.Uint16(op[6:])
+		}
+		step := int(ne.Uint16(op[2:])) // no
+		if ok {
+			step = int(op[1]) // yes
+		}
+		i, left = i+step, left-step
+	}
+	return left == 0
+}
+
+// diagBCAudit is the kernel's inet_diag_bc_audit for the ops the filter
+// uses: each yes must reach the next op, each no an op boundary, the end, or
+// 4 bytes past it (reject); the yes chain must end exactly at the end.
+func diagBCAudit(bc []byte) error {
+	ne := binary.NativeEndian
+	validCC := func(cc int) bool { // is cc bytes before the end on the yes chain?
+		for left, i := len(bc), 0; left >= 0; {
+			if cc >= left {
+				return cc == left
+			}
+			yes := int(bc[i+1])
+			if yes < 4 || yes&3 != 0 {
+				return false
+			}
+			i, left = i+yes, left-yes
+		}
+		return false
+	}
+	left, i := len(bc), 0
+	for left > 0 {
+		op := bc[i:]
+		code, yes, no := op[0], int(op[1]), int(ne.Uint16(op[2:]))
+		minLen := 4
+		switch code {
+		case bcSrcEq, bcDstEq:
+			if minLen += 4; left < minLen {
+				return fmt.Errorf("offset %d: port comparison truncated", i)
+			}
+		case bcJmp, 0:
+		default:
+			return fmt.Errorf("offset %d: unexpected code %d", i, code)
+		}
+		if code != 0 && (no < minLen || no > left+4 || no&3 != 0 || no < left && !validCC(left-no)) {
+			return fmt.Errorf("offset %d: bad no %d", i, no)
+		}
+		if yes < minLen || yes > left+4 || yes&3 != 0 {
+			return fmt.Errorf("offset %d: bad yes %d", i, yes)
+		}
+		i, left = i+yes, left-yes
+	}
+	if left != 0 {
+		return fmt.Errorf("yes chain ends %d bytes past the end", -left)
+	}
+	return nil
+}
+
+// TestPortFilterBytecode checks the filter's program against the kernel's
+// rules: inet_diag_bc_audit's and what inet_diag_bc_run computes.
+func TestPortFilterBytecode(t *testing.T) {
+	for _, p := range []uint16{0, 1, 80, 8080, 65535} {
+		bc := appendPortFilter(nil, p)
+		if err := diagBCAudit(bc); err != nil {
+			t.Errorf("port %d: kernel would reject % x: %v", p, bc, err)
+		}
+		if diff := cmp.Diff(diagAnyPortFilter(p), bc); diff != "" {
+			t.Errorf("port %d: filter mismatch with the general form (-want +got):\n%s", p, diff)
+		}
+		for _, sd := range [][2]uint16{{p, 1}, {1, p}, {p, p}, {p + 1, p - 1}, {1, 2}} {
+			got := diagBCRun(bc, sd[0], sd[1])
+			if want := sd[0] == p || sd[1] == p; got != want {
+				t.Errorf("port %d: filter(sport %d, dport %d) = %v, want %v", p, sd[0], sd[1], got, want)
+			}
+		}
+	}
+}
