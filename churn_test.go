@@ -55,7 +55,8 @@ func TestChurnNoLeak(t *testing.T) {
 
 func churnNoLeak(t *testing.T, source string) {
 	begin := time.Now()
-	base, own, logs := hardServe(t, "-source", source, "-interval", "50ms", "-duration", "1s", "-direction", "all")
+	base, logs := startServer(t, "-source", source, "-interval", "50ms", "-duration", "1s", "-direction", "all")
+	own := portOf(t, base)
 	file := map[string]string{"proc": `file="tcp"`, "netlink": `file="netlink"`}[source]
 	t.Cleanup(func() {
 		if l := logs.String(); strings.Contains(l, "http: ") || strings.Contains(l, "failed") {

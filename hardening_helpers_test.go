@@ -1,11 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"log"
-	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -86,36 +83,4 @@ func hardComplete(body string, want []string) string {
 		return fmt.Sprintf("families mismatch (-want +got):\n%s", diff)
 	}
 	return ""
-}
-
-// hardServe runs the exporter in-process, as main does, on a fresh loopback
-// listener, and returns its base URL, its port and its log. It stops at the
-// end of the test, and serve must then return nil.
-func hardServe(t testing.TB, args ...string) (base string, port int, logs *syncBuffer) {
-	t.Helper()
-	s, err := loadSettings(args, func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs = new(syncBuffer)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, s, ln, log.New(logs, "", log.LstdFlags)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("serve did not return 20s after its context was cancelled")
-		}
-	})
-	port = ln.Addr().(*net.TCPAddr).Port
-	return "http://" + ln.Addr().String(), port, logs
 }

@@ -16,7 +16,7 @@ import (
 // Hardening: hostile HTTP clients.
 
 func TestHostileHTTP(t *testing.T) {
-	base, _, logs := hardServe(t, "-interval", "100ms", "-duration", "1s")
+	base, logs := startServer(t, "-interval", "100ms", "-duration", "1s")
 	addr := strings.TrimPrefix(base, "http://")
 	t.Cleanup(func() {
 		// A panic in a handler, or a failing Accept, is logged by net/http.

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +16,9 @@ import (
 )
 
 // startServer runs serve in-process on an ephemeral loopback port with
-// the given flags, and stops it at the end of the test.
-func startServer(t *testing.T, args ...string) (base string, logs *syncBuffer) {
+// the given flags, as main does, and stops it at the end of the test,
+// when serve must return nil.
+func startServer(t testing.TB, args ...string) (base string, logs *syncBuffer) {
 	t.Helper()
 	s, err := loadSettings(args, func(string) string { return "" })
 	if err != nil {
@@ -29,14 +31,29 @@ func startServer(t *testing.T, args ...string) (base string, logs *syncBuffer) {
 	logs = new(syncBuffer)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, s, ln, log.New(logs, "", 0)) }()
+	go func() { done <- serve(ctx, s, ln, log.New(logs, "", log.LstdFlags)) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Errorf("serve did not return 20s after its context was cancelled")
 		}
 	})
 	return "http://" + ln.Addr().String(), logs
+}
+
+// portOf is the port of a base URL that startServer returned.
+func portOf(t testing.TB, base string) int {
+	t.Helper()
+	ap, err := netip.ParseAddrPort(strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(ap.Port())
 }
 
 // seriesOf picks the samples of one family for the given ports, keyed by

@@ -122,8 +122,7 @@ type tracker struct {
 	// the few connections waiting in an accept queue.
 	conns   map[uint64]int32
 	queued  map[connKey]int32
-	entries []connEntry
-	free    []int32 // unused indices of entries
+	entries slots[connEntry]
 
 	gen     uint32        // the current read
 	readAt  time.Duration // when the current read began
@@ -138,9 +137,8 @@ type tracker struct {
 	listen4, listen6 portSet // local ports with a LISTEN socket in tcp / tcp6
 	listenAny        portSet // a tcp6 listener on :: takes IPv4 too
 
-	series      []*series // by index; nil where free
+	series      slots[*series] // nil where free
 	seriesByKey map[seriesKey]int32
-	freeSeries  []int32
 	sorted      []*series // the series after the last end, sorted
 	total       histogram // all lifetimes, for simple mode: it outlives every series
 }
@@ -164,7 +162,7 @@ func (t *tracker) begin() {
 	t.listen4.clear()
 	t.listen6.clear()
 	t.listenAny.clear()
-	for _, s := range t.series {
+	for _, s := range t.series.items {
 		if s != nil {
 			s.longterm, s.established, s.keep = 0, 0, false
 		}
@@ -212,7 +210,7 @@ func (t *tracker) observeEstablished(s *socket) {
 		t.pending = append(t.pending, k)
 		return
 	}
-	e := &t.entries[i]
+	e := &t.entries.items[i]
 	if e.seen == t.gen {
 		return // listed twice in one read
 	}
@@ -230,11 +228,11 @@ func (t *tracker) lookup(k *connKey) (int32, bool) {
 		return i, ok
 	}
 	i, ok := t.conns[k.inode]
-	return i, ok && t.entries[i].fold == k.fold()
+	return i, ok && t.entries.items[i].fold == k.fold()
 }
 
 func (t *tracker) count(e *connEntry) {
-	s := t.series[e.series]
+	s := t.series.items[e.series]
 	s.established++
 	if t.readAt-e.first >= t.cfg.duration {
 		s.longterm++
@@ -246,15 +244,7 @@ func (t *tracker) seriesFor(k seriesKey) int32 {
 	if i, ok := t.seriesByKey[k]; ok {
 		return i
 	}
-	s := &series{key: k}
-	var i int32
-	if n := len(t.freeSeries); n > 0 {
-		i, t.freeSeries = t.freeSeries[n-1], t.freeSeries[:n-1]
-		t.series[i] = s
-	} else {
-		i = int32(len(t.series))
-		t.series = append(t.series, s)
-	}
+	i := t.series.add(&series{key: k})
 	t.seriesByKey[k] = i
 	return i
 }
@@ -283,13 +273,12 @@ func (t *tracker) end() {
 	}
 	t.keepIdleSeries()
 	t.sorted = t.sorted[:0]
-	for i, s := range t.series {
+	for i, s := range t.series.items {
 		switch {
 		case s == nil:
 		case s.established == 0 && !s.keep: // no connection refers to it
 			delete(t.seriesByKey, s.key)
-			t.series[i] = nil
-			t.freeSeries = append(t.freeSeries, int32(i))
+			t.series.remove(int32(i))
 		default:
 			t.sorted = append(t.sorted, s)
 		}
@@ -300,7 +289,7 @@ func (t *tracker) end() {
 
 // add starts tracking a connection first seen in the current read.
 func (t *tracker) add(k connKey) {
-	if i, ok := t.lookup(&k); ok && t.entries[i].seen == t.gen {
+	if i, ok := t.lookup(&k); ok && t.entries.items[i].seen == t.gen {
 		return // listed twice in one read
 	}
 	e, ok := t.accepted(k)
@@ -313,14 +302,7 @@ func (t *tracker) add(k connKey) {
 	if old, ok := t.conns[k.inode]; ok && k.inode != 0 {
 		t.drop(old) // its inode number was recycled: that socket is gone
 	}
-	var i int32
-	if n := len(t.free); n > 0 {
-		i, t.free = t.free[n-1], t.free[:n-1]
-		t.entries[i] = e
-	} else {
-		i = int32(len(t.entries))
-		t.entries = append(t.entries, e)
-	}
+	i := t.entries.add(e)
 	if k.inode == 0 {
 		t.queued[k] = i
 	} else {
@@ -328,7 +310,7 @@ func (t *tracker) add(k connKey) {
 	}
 	t.seenN++
 	if e.series >= 0 {
-		t.count(&t.entries[i])
+		t.count(&t.entries.items[i])
 	}
 }
 
@@ -345,13 +327,13 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	if !ok {
 		return connEntry{}, false
 	}
-	e := t.entries[i]
+	e := t.entries.items[i]
 	if e.seen == t.gen {
 		t.seenN-- // it stands for this very connection
 		t.uncount(&e)
 	}
 	delete(t.queued, k0)
-	t.free = append(t.free, i)
+	t.entries.remove(i)
 	e.seen, e.fold = t.gen, k.fold()
 	return e, true
 }
@@ -361,7 +343,7 @@ func (t *tracker) uncount(e *connEntry) {
 	if e.series < 0 {
 		return
 	}
-	s := t.series[e.series]
+	s := t.series.items[e.series]
 	s.established--
 	if t.readAt-e.first >= t.cfg.duration {
 		s.longterm--
@@ -400,7 +382,7 @@ func (t *tracker) recheckOutbound() {
 		if !ok || !t.listening(k.lport) {
 			continue // gone, or outbound indeed
 		}
-		e := &t.entries[i]
+		e := &t.entries.items[i]
 		counted := e.seen == t.gen
 		if counted {
 			t.uncount(e)
@@ -418,13 +400,13 @@ func (t *tracker) recheckOutbound() {
 // read that listed them.
 func (t *tracker) forgetGone() {
 	for k, i := range t.conns {
-		if t.entries[i].seen != t.gen {
+		if t.entries.items[i].seen != t.gen {
 			t.drop(i)
 			delete(t.conns, k)
 		}
 	}
 	for k, i := range t.queued {
-		if t.entries[i].seen != t.gen {
+		if t.entries.items[i].seen != t.gen {
 			t.drop(i)
 			delete(t.queued, k)
 		}
@@ -434,12 +416,12 @@ func (t *tracker) forgetGone() {
 // drop frees the entry of a connection that is gone, after recording its
 // lifetime. The caller removes it from its map.
 func (t *tracker) drop(i int32) {
-	if e := &t.entries[i]; e.series >= 0 {
+	if e := &t.entries.items[i]; e.series >= 0 {
 		v := (t.lastAt - e.first).Seconds()
-		t.series[e.series].lifetimes.observe(v)
+		t.series.items[e.series].lifetimes.observe(v)
 		t.total.observe(v)
 	}
-	t.free = append(t.free, i)
+	t.entries.remove(i)
 }
 
 // keepIdleSeries marks the series that exist at zero: inbound series of
@@ -450,7 +432,7 @@ func (t *tracker) keepIdleSeries() {
 		if p == c.ownPort || v6 && !c.tcpv6 || c.port >= 0 && int(p) != c.port {
 			return
 		}
-		t.series[t.seriesFor(seriesKey{dir, p, v6})].keep = true
+		t.series.items[t.seriesFor(seriesKey{dir, p, v6})].keep = true
 	}
 	if c.in {
 		t.listen4.each(func(p uint16) { keep(dirIn, p, false) })
@@ -483,4 +465,28 @@ func (h *histogram) observe(v float64) {
 	i, _ := slices.BinarySearch(lifetimeBuckets[:], v)
 	h.counts[i]++
 	h.sum += v
+}
+
+// slots is a slice whose freed indices are reused, so that an index stays
+// valid for as long as its item is there.
+type slots[T any] struct {
+	items []T
+	free  []int32
+}
+
+func (s *slots[T]) add(v T) int32 {
+	if n := len(s.free); n > 0 {
+		i := s.free[n-1]
+		s.free = s.free[:n-1]
+		s.items[i] = v
+		return i
+	}
+	s.items = append(s.items, v)
+	return int32(len(s.items) - 1)
+}
+
+func (s *slots[T]) remove(i int32) {
+	var zero T
+	s.items[i] = zero
+	s.free = append(s.free, i)
 }

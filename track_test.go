@@ -281,7 +281,7 @@ func TestTrackerUnendedRead(t *testing.T) {
 	if diff := cmp.Diff([]row{{"in/80/4", 2, 2}}, rows(tr)); diff != "" {
 		t.Errorf("series mismatch (-want +got):\n%s", diff)
 	}
-	if got := tr.series[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes.counts; got != ([14]uint64{}) {
+	if got := tr.series.items[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes.counts; got != ([14]uint64{}) {
 		t.Errorf("lifetimes observed after an unended read: %v", got)
 	}
 }
@@ -302,7 +302,7 @@ func TestTrackerLifetimes(t *testing.T) {
 	read(2*time.Second, lis80, in2) // in1 lived 1.5s: last seen at 1.5s
 	read(8*time.Second, lis80, in2)
 	read(9*time.Second, lis80) // in2 lived 8s
-	h := tr.series[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes
+	h := tr.series.items[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes
 	want := histogram{sum: 9.5}
 	want.counts[1] = 1 // le=6
 	want.counts[2] = 1 // le=10
