@@ -100,7 +100,7 @@ func (x *exporter) openSource() {
 	x.log.Printf("reading connections from %s", tables)
 }
 
-// poll reads both tables once and publishes what a scrape serves. A failed
+// poll reads the connections once and publishes what a scrape serves. A failed
 // read keeps the last good counts; the error shows in /healthz and the
 // counters. Buffers are reused, so that the steady state makes no garbage.
 func (x *exporter) poll() {
