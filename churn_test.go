@@ -31,11 +31,11 @@ func TestChurnNoLeak(t *testing.T) {
 		return
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for a private network namespace (unshare -n): exact counts need tables that hold this test's sockets only")
+		skipWithout(t, "needs root for a private network namespace (unshare -n): exact counts need tables that hold this test's sockets only")
 	}
 	for _, tool := range []string{"unshare", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (util-linux, iproute2): %v", tool, err)
+			skipWithout(t, "needs %s (util-linux, iproute2): %v", tool, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -16,7 +16,7 @@ import (
 // the example configuration.
 func TestPrometheusRules(t *testing.T) {
 	if _, err := exec.LookPath("promtool"); err != nil {
-		t.Skip("promtool not installed (./test.sh installs it as root)")
+		skipWithout(t, "promtool not installed (./test.sh installs it as root)")
 	}
 	for _, args := range [][]string{
 		{"check", "rules", "rules.yml"},

@@ -15,13 +15,11 @@ import (
 var captureNetlink = flag.Bool("capture-netlink", false,
 	"rewrite testdata/netlink/*.bin and *.golden from this machine's kernel")
 
-// TestCaptureNetlink rewrites the golden files from real kernel replies.
-// A filter keeps them to the test's own sockets whatever else the machine
-// runs.
-func TestCaptureNetlink(t *testing.T) {
-	if !*captureNetlink {
-		t.Skip("rewrites testdata/netlink only with -capture-netlink")
-	}
+// captureNetlinkReplies rewrites the golden files from real kernel replies, before
+// TestParseDiagGolden reads them (go test -run ParseDiagGolden
+// -capture-netlink). A filter keeps them to the test's own sockets
+// whatever else the machine runs.
+func captureNetlinkReplies(t *testing.T) {
 	n := diagOpenTestNet(t)
 	d := newTestDiagSource(t)
 	if err := os.MkdirAll(diagTestdata, 0o755); err != nil {

@@ -34,12 +34,15 @@ func diagRead(tb testing.TB, name string) []byte {
 	tb.Helper()
 	b, err := os.ReadFile(filepath.Join(diagTestdata, name))
 	if err != nil {
-		tb.Fatalf("%v (regenerate with go test -run TestCaptureNetlink -capture-netlink)", err)
+		tb.Fatalf("%v (regenerate with go test -run ParseDiagGolden -capture-netlink)", err)
 	}
 	return b
 }
 
 func TestParseDiagGolden(t *testing.T) {
+	if *captureNetlink {
+		captureNetlinkReplies(t)
+	}
 	for _, c := range []struct {
 		name string
 		want string // a line the capture must contain

@@ -30,7 +30,7 @@ func lookPath(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("%s is not installed (test.sh installs it): %v", name, err)
+		skipWithout(t, "%s is not installed (test.sh installs it): %v", name, err)
 	}
 	return p
 }

@@ -129,7 +129,7 @@ func newNetns(t *testing.T, ip, suffix string) string {
 // exporter counts the connections of its own namespace only.
 func TestSidecarNetns(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
+		skipWithout(t, "needs root to create network namespaces")
 	}
 	ip := lookPath(t, "ip")
 	self, err := os.Executable()

@@ -23,16 +23,14 @@ import (
 
 var capture = flag.Bool("capture", false, "rewrite testdata/procfs/net/tcp{,6} from live loopback sockets")
 
-// TestCaptureProc rewrites the captures from the running kernel:
+// captureProc rewrites the captures from the running kernel, before
+// TestParseFixtures reads them:
 //
-//	go test -run 'CaptureProc|ParseFixtures' -capture -update
+//	go test -run ParseFixtures -capture -update
 //
 // As root it works in a network namespace of its own, so that the capture
 // holds its own sockets only.
-func TestCaptureProc(t *testing.T) {
-	if !*capture {
-		t.Skip("rewrites testdata; run with -capture")
-	}
+func captureProc(t *testing.T) {
 	// Never unlocked: the thread may have left the host's network
 	// namespace, and the runtime ends a thread still locked at exit.
 	runtime.LockOSThread()

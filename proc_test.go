@@ -59,6 +59,9 @@ func TestParseFixtures(t *testing.T) {
 	if !littleEndian {
 		t.Skip("the fixtures hold a little-endian kernel's words")
 	}
+	if *capture {
+		captureProc(t)
+	}
 	tests := []struct {
 		name    string
 		file    string // under testdata; the sockets wanted are listed in file.golden

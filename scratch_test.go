@@ -19,11 +19,11 @@ import (
 
 func TestScratchImage(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount /proc and chroot as the scratch image does")
+		skipWithout(t, "needs root to mount /proc and chroot as the scratch image does")
 	}
 	for _, tool := range []string{"unshare", "chroot", "mount", "file"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
+			skipWithout(t, "needs %s: %v", tool, err)
 		}
 	}
 	bin := buildBinary(t)
