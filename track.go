@@ -1,28 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"encoding/binary"
 	"math/bits"
 	"slices"
 	"time"
 )
-
-// direction tells whether a connection was accepted by a local listener (in)
-// or opened from here (out).
-type direction uint8
-
-const (
-	dirIn direction = iota
-	dirOut
-)
-
-func (d direction) String() string {
-	if d == dirIn {
-		return "in"
-	}
-	return "out"
-}
 
 // trackConfig is what the tracker needs of the settings.
 type trackConfig struct {
@@ -31,34 +14,6 @@ type trackConfig struct {
 	in, out  bool          // which directions count
 	tcpv6    bool          // count IPv6 connections too
 	ownPort  uint16        // the exporter's own listening port, never counted
-}
-
-// seriesKey names one series: direction, service port and IP version.
-type seriesKey struct {
-	dir  direction
-	port uint16
-	v6   bool
-}
-
-func (k seriesKey) compare(o seriesKey) int {
-	return cmp.Or(cmp.Compare(k.port, o.port), cmp.Compare(b2i(k.v6), b2i(o.v6)), cmp.Compare(k.dir, o.dir))
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// series holds what one series counts. The counts are those of the last
-// read; the histogram accumulates for as long as the series exists.
-type series struct {
-	key         seriesKey
-	longterm    int // established for at least duration
-	established int // established, any age
-	lifetimes   histogram
-	keep        bool // a listener or the port setting keeps it at zero
 }
 
 // connKey is a connection's identity: its 4-tuple and socket inode.
@@ -231,24 +186,6 @@ func (t *tracker) lookup(k *connKey) (int32, bool) {
 	return i, ok && t.entries.items[i].fold == k.fold()
 }
 
-func (t *tracker) count(e *connEntry) {
-	s := t.series.items[e.series]
-	s.established++
-	if t.readAt-e.first >= t.cfg.duration {
-		s.longterm++
-	}
-}
-
-// seriesFor returns the index of the series k, made if need be.
-func (t *tracker) seriesFor(k seriesKey) int32 {
-	if i, ok := t.seriesByKey[k]; ok {
-		return i
-	}
-	i := t.series.add(&series{key: k})
-	t.seriesByKey[k] = i
-	return i
-}
-
 func (t *tracker) listening(p uint16) bool {
 	return t.listen4.has(p) || t.listen6.has(p) || t.listenAny.has(p)
 }
@@ -338,18 +275,6 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	return e, true
 }
 
-// uncount takes back what count added for e in the current read.
-func (t *tracker) uncount(e *connEntry) {
-	if e.series < 0 {
-		return
-	}
-	s := t.series.items[e.series]
-	s.established--
-	if t.readAt-e.first >= t.cfg.duration {
-		s.longterm--
-	}
-}
-
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
 	return connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k)}
@@ -424,69 +349,5 @@ func (t *tracker) drop(i int32) {
 	t.entries.remove(i)
 }
 
-// keepIdleSeries marks the series that exist at zero: inbound series of
-// listening ports, and those of the port setting.
-func (t *tracker) keepIdleSeries() {
-	c := &t.cfg
-	keep := func(dir direction, p uint16, v6 bool) {
-		if p == c.ownPort || v6 && !c.tcpv6 || c.port >= 0 && int(p) != c.port {
-			return
-		}
-		t.series.items[t.seriesFor(seriesKey{dir, p, v6})].keep = true
-	}
-	if c.in {
-		t.listen4.each(func(p uint16) { keep(dirIn, p, false) })
-		t.listen6.each(func(p uint16) { keep(dirIn, p, true) })
-		t.listenAny.each(func(p uint16) { keep(dirIn, p, false); keep(dirIn, p, true) })
-	}
-	if c.port >= 0 {
-		for _, d := range []direction{dirIn, dirOut} {
-			if d == dirIn && c.in || d == dirOut && c.out {
-				keep(d, uint16(c.port), false)
-				keep(d, uint16(c.port), true)
-			}
-		}
-	}
-}
-
 // tracked is the number of connections the tracker remembers.
 func (t *tracker) tracked() int { return len(t.conns) + len(t.queued) }
-
-// lifetimeBuckets are the upper bounds of the lifetime histogram (SPEC 6).
-var lifetimeBuckets = [...]float64{1, 6, 10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400}
-
-// histogram counts observations per bucket, not cumulated.
-type histogram struct {
-	counts [len(lifetimeBuckets) + 1]uint64 // the last is +Inf
-	sum    float64
-}
-
-func (h *histogram) observe(v float64) {
-	i, _ := slices.BinarySearch(lifetimeBuckets[:], v)
-	h.counts[i]++
-	h.sum += v
-}
-
-// slots is a slice whose freed indices are reused, so that an index stays
-// valid for as long as its item is there.
-type slots[T any] struct {
-	items []T
-	free  []int32
-}
-
-func (s *slots[T]) add(v T) int32 {
-	if n := len(s.free); n > 0 {
-		i := s.free[n-1]
-		s.free = s.free[:n-1]
-		s.items[i] = v
-		return i
-	}
-	s.items = append(s.items, v)
-	return int32(len(s.items) - 1)
-}
-
-func (s *slots[T]) remove(i int32) {
-	var zero T
-	s.items[i] = zero
-	s.free = append(s.free, i)
-}
