@@ -74,6 +74,16 @@ var (
 	binaryErr  error
 )
 
+// TestMain removes the binary that buildBinary made, once every test is
+// done with it.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaryPath != "" {
+		os.RemoveAll(filepath.Dir(binaryPath))
+	}
+	os.Exit(code)
+}
+
 // buildBinary builds the exporter once per test run, as the Dockerfile
 // does, and returns its path.
 func buildBinary(t testing.TB) string {
