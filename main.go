@@ -211,9 +211,7 @@ func acceptsGzip(header string) bool {
 
 func (x *exporter) serveHealth(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	body, err := x.acquire()
-	body.release()
-	if err != nil {
+	if err := x.lastError(); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		fmt.Fprintln(w, err)
 		return

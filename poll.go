@@ -139,6 +139,13 @@ func (x *exporter) poll() {
 	x.mu.Unlock()
 }
 
+// lastError is the last read's error, nil when it succeeded.
+func (x *exporter) lastError() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.err
+}
+
 // acquire returns what the last read published; the caller releases the
 // body when done writing it.
 func (x *exporter) acquire() (*body, error) {
