@@ -174,7 +174,7 @@ func (c *compressor) compress(dst *bytes.Buffer, parts ...[]byte) {
 var gzipped = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func (x *exporter) serveMetrics(w http.ResponseWriter, r *http.Request) {
-	body, _ := x.acquire()
+	body := x.acquire()
 	defer body.release()
 	process := appendProcessMetrics(make([]byte, 0, 2048))
 	h := w.Header()
