@@ -47,6 +47,7 @@ type body struct {
 // tableFile is one source of sockets and what reading it has met.
 type tableFile struct {
 	name                         string // tcp, tcp6 or netlink
+	label                        []byte // file="name", made once
 	path                         string
 	optional                     bool // a kernel without IPv6 has no tcp6
 	missing                      bool // logged as missing
@@ -76,6 +77,9 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 			{name: "tcp6", path: filepath.Join(s.procfs, "net", "tcp6"), optional: true},
 			{name: "netlink", path: "sock_diag"},
 		},
+	}
+	for i := range x.files {
+		x.files[i].label = appendLabel(nil, "file", x.files[i].name)
 	}
 	x.observe = x.tr.observe
 	x.openSource()
@@ -261,7 +265,7 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 		b = appendHeader(b, c.name, c.help, "counter")
 		for i := range x.files {
 			if f := &x.files[i]; f.reads > 0 {
-				b = appendIntSample(b, c.name, appendLabel(nil, "file", f.name), int(c.value(f)))
+				b = appendIntSample(b, c.name, f.label, int(c.value(f)))
 			}
 		}
 	}
