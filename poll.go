@@ -27,7 +27,8 @@ type exporter struct {
 	observe func(*socket) // tr.observe, bound once
 	lastErr error         // of the previous read
 	badSeen map[string]bool
-	back    *body // the body the last read replaced; reused when free
+	back    *body     // the body the last read replaced; reused when free
+	freedAt time.Time // when memory was last given back to the OS
 
 	mu    sync.Mutex // guards front and err
 	front *body      // what /metrics serves, but the process families
@@ -53,6 +54,11 @@ type tableFile struct {
 	missing                      bool // logged as missing
 	reads, readErrors, malformed uint64
 }
+
+// freeEvery bounds how often a read gives memory back to the OS: a forced
+// collection costs milliseconds, and traffic that swings between bursts
+// and lulls would otherwise pay it every other read.
+const freeEvery = time.Minute
 
 // maxBadLogged bounds the distinct malformed lines remembered for logging.
 const maxBadLogged = 256
@@ -118,11 +124,12 @@ func (x *exporter) poll() {
 	switch {
 	case err == nil:
 		x.tr.end()
-		if x.tr.burstEnded {
+		if x.tr.burstEnded && time.Since(x.freedAt) >= freeEvery {
 			// The garbage of a burst (the first read's, say) is
 			// collected and returned now: the steady state makes
 			// almost none, and the heap would keep its peak size.
 			debug.FreeOSMemory()
+			x.freedAt = time.Now()
 		}
 		next.b = appendConnMetrics(next.b[:0], connView{
 			simple:  x.s.simple,
