@@ -27,6 +27,12 @@ type settings struct {
 	conf      string
 }
 
+// String is the one-line form the start-up log and the index page show.
+func (s *settings) String() string {
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
+		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
+}
+
 // setting describes one setting: its names, default and how to take a value.
 type setting struct {
 	name, env, def, usage string
