@@ -5,35 +5,20 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
 
-// Helpers shared by the tests that run the real binary or real sockets.
-
-// skipWithout skips a test that needs what this machine lacks (root, a
-// tool). In CI (CI=true), where test.sh installs every tool and runs as
-// root, it fails instead: no test may skip there unseen.
-func skipWithout(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI must run this test: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
+// Helpers shared by the tests: goldens, and real sockets on loopback.
 
 // update rewrites the *.golden files from what the code produces.
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -68,56 +53,6 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-var (
-	binaryOnce sync.Once
-	binaryPath string
-	binaryErr  error
-)
-
-// TestMain removes the binary that buildBinary made, once every test is
-// done with it.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binaryPath != "" {
-		os.RemoveAll(filepath.Dir(binaryPath))
-	}
-	os.Exit(code)
-}
-
-// buildBinary builds the exporter once per test run, as the Dockerfile
-// does, and returns its path.
-func buildBinary(t testing.TB) string {
-	t.Helper()
-	binaryOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "tcp_established_exporter-bin")
-		if err != nil {
-			binaryErr = err
-			return
-		}
-		binaryPath = filepath.Join(dir, "tcp_established_exporter")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", binaryPath, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binaryErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if binaryErr != nil {
-		t.Fatal(binaryErr)
-	}
-	return binaryPath
-}
-
-// freePort returns a TCP port that was free a moment ago on 127.0.0.1.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // syncBuffer is a bytes.Buffer safe for a process writing and a test reading.
 type syncBuffer struct {
 	mu  sync.Mutex
@@ -134,69 +69,6 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
-}
-
-// exporterProc is a running exporter binary.
-type exporterProc struct {
-	cmd    *exec.Cmd
-	url    string // http://127.0.0.1:PORT
-	port   int
-	stderr *syncBuffer
-	done   chan struct{}
-}
-
-// startBinary runs the real binary with args (plus -listen on a free
-// loopback port unless args has -listen) and waits until /healthz answers.
-// The process is killed at the end of the test if still running.
-func startBinary(t testing.TB, env []string, args ...string) *exporterProc {
-	t.Helper()
-	bin := buildBinary(t)
-	p := &exporterProc{stderr: new(syncBuffer), done: make(chan struct{})}
-	listen := ""
-	for i, a := range args {
-		if strings.TrimLeft(a, "-") == "listen" && i+1 < len(args) {
-			listen = args[i+1]
-		}
-	}
-	if listen == "" {
-		p.port = freePort(t)
-		listen = fmt.Sprintf("127.0.0.1:%d", p.port)
-		args = append([]string{"-listen", listen}, args...)
-	} else {
-		_, port, _ := net.SplitHostPort(listen)
-		p.port, _ = strconv.Atoi(port)
-	}
-	p.url = fmt.Sprintf("http://127.0.0.1:%d", p.port)
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(p.kill)
-	waitFor(t, 10*time.Second, "the exporter to answer /healthz", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("exporter exited early: %v\n%s", p.cmd.ProcessState, p.stderr)
-		default:
-		}
-		resp, err := http.Get(p.url + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
-	return p
-}
-
-func (p *exporterProc) kill() {
-	select {
-	case <-p.done:
-	default:
-		p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
 }
 
 // scrape fetches /metrics from base (http://host:port) and returns the body.

@@ -7,7 +7,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -44,16 +43,6 @@ func startServer(t testing.TB, args ...string) (base string, logs *syncBuffer) {
 		}
 	})
 	return "http://" + ln.Addr().String(), logs
-}
-
-// portOf is the port of a base URL that startServer returned.
-func portOf(t testing.TB, base string) int {
-	t.Helper()
-	ap, err := netip.ParseAddrPort(strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(ap.Port())
 }
 
 // seriesOf picks the samples of one family for the given ports, keyed by

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -49,7 +49,7 @@ func signalsSIGTERMDuringScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startBinary(t, nil, "-procfs", procfs, "-interval", "1s")
-	ref := hardFamilies(scrape(t, p.url))
+	ref := families(scrape(t, p.url))
 	addr := strings.TrimPrefix(p.url, "http://")
 	const rcvbuf = 4096
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
@@ -88,7 +88,7 @@ func signalsSIGTERMDuringScrape(t *testing.T) {
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("the scrape in flight: status %d, %v after %d bytes", resp.StatusCode, err, len(body))
 	}
-	if bad := hardComplete(string(body), ref); bad != "" {
+	if bad := checkComplete(string(body), ref); bad != "" {
 		t.Errorf("the scrape in flight: %s", bad)
 	}
 	if max := 4<<20 + 2*rcvbuf; len(body) < 2*max {

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -13,19 +13,19 @@ import (
 	"time"
 )
 
-// Hardening: hostile HTTP clients.
+// Hostile HTTP clients: stalled, oversized, odd methods and paths, many at once.
 
 func TestHostileHTTP(t *testing.T) {
-	base, logs := startServer(t, "-interval", "100ms", "-duration", "1s")
-	addr := strings.TrimPrefix(base, "http://")
+	x := startBinary(t, nil, "-interval", "100ms", "-duration", "1s")
+	base, addr := x.url, strings.TrimPrefix(x.url, "http://")
 	t.Cleanup(func() {
 		// A panic in a handler, or a failing Accept, is logged by net/http.
-		if l := logs.String(); strings.Contains(l, "http: ") {
+		if l := x.stderr.String(); strings.Contains(l, "http: ") {
 			t.Errorf("the HTTP server logged errors:\n%s", l)
 		}
 	})
 	client := &http.Client{Timeout: 3 * time.Second}
-	ref := hardFamilies(scrape(t, base))
+	ref := families(scrape(t, base))
 	if !slices.Contains(ref, longtermName+" gauge") || !slices.Contains(ref, "go_goroutines gauge") {
 		t.Fatalf("the reference scrape lacks families: %q", ref)
 	}
@@ -50,11 +50,11 @@ func hostileStalledClients(t *testing.T, base, addr string, client *http.Client,
 		}
 	}
 	start := time.Now()
-	code, _, body := hardGet(t, client, "GET", base+"/metrics", nil)
+	code, _, body := get(t, client, "GET", base+"/metrics", nil)
 	if code != 200 {
 		t.Fatalf("scrape beside 200 stalled clients: status %d", code)
 	}
-	if bad := hardComplete(body, ref); bad != "" {
+	if bad := checkComplete(body, ref); bad != "" {
 		t.Fatalf("scrape beside 200 stalled clients: %s", bad)
 	}
 	t.Logf("a scrape beside 200 stalled clients took %s", time.Since(start).Round(time.Millisecond))
@@ -102,7 +102,7 @@ func hostileMethods(t *testing.T, base string, client *http.Client) {
 		{"POST", "/metrics"}, {"PUT", "/metrics"}, {"DELETE", "/metrics"}, {"PATCH", "/metrics"},
 		{"POST", "/healthz"}, {"DELETE", "/"},
 	} {
-		code, h, _ := hardGet(t, client, tc.method, base+tc.path, nil)
+		code, h, _ := get(t, client, tc.method, base+tc.path, nil)
 		allow := strings.Split(strings.ReplaceAll(h.Get("Allow"), " ", ""), ",")
 		if code != 405 || !slices.Contains(allow, "GET") || !slices.Contains(allow, "HEAD") {
 			t.Errorf("%s %s: status %d, Allow %q; want 405 allowing GET and HEAD", tc.method, tc.path, code, h.Get("Allow"))
@@ -113,7 +113,7 @@ func hostileMethods(t *testing.T, base string, client *http.Client) {
 // hostileUnknownPaths is the subtest "unknown paths" of TestHostileHTTP.
 func hostileUnknownPaths(t *testing.T, base string, client *http.Client) {
 	for _, path := range []string{"/nope", "/metrics/", "/metricsx", "/healthz/x", "/index.html", "/debug/pprof/", "/debug/vars"} {
-		if code, _, _ := hardGet(t, client, "GET", base+path, nil); code != 404 {
+		if code, _, _ := get(t, client, "GET", base+path, nil); code != 404 {
 			t.Errorf("GET %s: status %d, want 404", path, code)
 		}
 	}
@@ -153,7 +153,7 @@ func hostileGzip(t *testing.T, base string, ref []string) {
 		{"gzip;q=0", false},
 		{"identity", false},
 	} {
-		code, h, body := hardGet(t, raw, "GET", base+"/metrics", http.Header{"Accept-Encoding": {tc.accept}})
+		code, h, body := get(t, raw, "GET", base+"/metrics", http.Header{"Accept-Encoding": {tc.accept}})
 		if code != 200 || h.Get("Content-Type") != contentType || !strings.Contains(h.Get("Vary"), "Accept-Encoding") {
 			t.Errorf("Accept-Encoding %q: status %d, Content-Type %q, Vary %q", tc.accept, code, h.Get("Content-Type"), h.Get("Vary"))
 		}
@@ -172,7 +172,7 @@ func hostileGzip(t *testing.T, base string, ref []string) {
 			}
 			body = string(plain)
 		}
-		if bad := hardComplete(body, ref); bad != "" {
+		if bad := checkComplete(body, ref); bad != "" {
 			t.Errorf("Accept-Encoding %q: %s", tc.accept, bad)
 		}
 	}
@@ -216,7 +216,7 @@ func hostileConcurrentScrapes(t *testing.T, base string, ref []string) {
 			case (i%2 == 0) != (resp.Header.Get("Content-Encoding") == "gzip"):
 				errs[i] = fmt.Sprintf("Content-Encoding %q", resp.Header.Get("Content-Encoding"))
 			default:
-				errs[i] = hardComplete(string(body), ref)
+				errs[i] = checkComplete(string(body), ref)
 			}
 		})
 	}

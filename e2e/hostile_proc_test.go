@@ -1,8 +1,9 @@
-package main
+package e2e
 
 import (
 	"bytes"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,13 +13,19 @@ import (
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/google/go-cmp/cmp"
 )
 
-// Hardening: hostile /proc content, step by step in a fake procfs.
+// Hostile /proc content, step by step in a fake procfs.
 
-// hostileStep is one state of the fake /proc and what the exporter must
+// maxBadLogged is how many distinct malformed lines the exporter logs
+// (poll.go's maxBadLogged); it says so when there are more.
+const maxBadLogged = 256
+
+// procStep is one state of the fake /proc and what the exporter must
 // show while it lasts.
-type hostileStep struct {
+type procStep struct {
 	name      string
 	apply     func(t *testing.T)
 	health    int                // /healthz status
@@ -72,7 +79,7 @@ func TestHostileProc(t *testing.T) {
 		return bytes.Join(append([][]byte{good4}, extra...), nil)
 	}
 
-	garbage := hostileGarbage()
+	garbage := garbageLines()
 	var junk []byte
 	for i := range 300 {
 		junk = fmt.Appendf(junk, "junk %03d\n", i)
@@ -102,7 +109,7 @@ func TestHostileProc(t *testing.T) {
 	)
 	missing := "open " + tcp + ": no such file or directory"
 
-	unreadable := hostileStep{
+	unreadable := procStep{
 		name:      "an unreadable file (mode 000)",
 		apply:     func(t *testing.T) { put(tcp, good4, 0) },
 		health:    503,
@@ -113,7 +120,7 @@ func TestHostileProc(t *testing.T) {
 	if os.Geteuid() == 0 {
 		// Root reads a mode 000 file: a directory in its place opens, but
 		// read(2) fails.
-		unreadable = hostileStep{
+		unreadable = procStep{
 			name: "a directory in place of the file",
 			apply: func(t *testing.T) {
 				if err := os.Mkdir(tcp, 0o755); err != nil {
@@ -127,7 +134,7 @@ func TestHostileProc(t *testing.T) {
 		}
 	}
 
-	steps := []hostileStep{{
+	steps := []procStep{{
 		name:     "tcp6 missing from the start",
 		apply:    func(t *testing.T) {},
 		health:   200,
@@ -284,7 +291,7 @@ func TestHostileProc(t *testing.T) {
 		start := time.Now()
 		st.apply(t)
 		after := samples(scrape(t, p.url), readsName)[`file="tcp"`]
-		hostileCheck(t, p, client, st, logPos, after)
+		checkProcStep(t, p, client, st, logPos, after)
 		logPos = len(p.stderr.String())
 		t.Logf("%s: %s", st.name, time.Since(start).Round(time.Millisecond))
 	}
@@ -301,4 +308,136 @@ func TestHostileProc(t *testing.T) {
 		t.Fatalf("the exporter exited: %v", p.cmd.ProcessState)
 	default:
 	}
+}
+
+// checkProcStep waits until the exporter shows what step st wants, then
+// watches five more reads of tcp: the counters move by exactly what each
+// read meets, and the log does not grow. readsAfter is the count of reads
+// of tcp that a scrape showed after the change was made.
+func checkProcStep(t *testing.T, p *exporterProc, client *http.Client, st procStep, logPos int, readsAfter float64) {
+	t.Helper()
+	state := func() (string, string) {
+		code, _, body := get(t, client, "GET", p.url+"/healthz", nil)
+		switch {
+		case code != st.health:
+			return "", fmt.Sprintf("/healthz: %d %q, want %d", code, body, st.health)
+		case code == 200 && body != "ok\n":
+			return "", fmt.Sprintf("/healthz: %d %q, want ok", code, body)
+		case code == 503 && !strings.Contains(body, st.healthMsg):
+			return "", fmt.Sprintf("/healthz: %d %q, want the error %q", code, body, st.healthMsg)
+		}
+		m := scrape(t, p.url)
+		if diff := cmp.Diff(st.longterm, samples(m, longtermName)); diff != "" {
+			return m, fmt.Sprintf("%s mismatch (-want +got):\n%s", longtermName, diff)
+		}
+		if diff := cmp.Diff(st.longterm, samples(m, establishedName)); diff != "" {
+			return m, fmt.Sprintf("%s mismatch (-want +got):\n%s", establishedName, diff)
+		}
+		if got := samples(m, trackedName)[""]; got != st.tracked {
+			return m, fmt.Sprintf("%s %v, want %v", trackedName, got, st.tracked)
+		}
+		return m, ""
+	}
+	newLog := func() []string {
+		s := p.stderr.String()[logPos:]
+		if s == "" {
+			return nil
+		}
+		return strings.SplitAfter(strings.TrimSuffix(s, "\n"), "\n")
+	}
+	// The read after readsAfter may have opened the file before the
+	// change; the reads after it cannot have.
+	var m1 string
+	waitCheck(t, 30*time.Second, st.name+": the exporter to show the step", func() string {
+		m, bad := state()
+		if bad != "" {
+			return bad
+		}
+		if got := samples(m, readsName)[`file="tcp"`]; got < readsAfter+1 {
+			return fmt.Sprintf("%v reads of tcp, waiting for %v", got, readsAfter+1)
+		}
+		if n := len(newLog()); n < len(st.logs) {
+			return fmt.Sprintf("%d new log lines, waiting for %d: %q", n, len(st.logs), newLog())
+		}
+		m1 = m
+		return ""
+	})
+	logLen := len(p.stderr.String())
+	counter := func(m, name, file string) float64 { return samples(m, name)[`file="`+file+`"`] }
+	r1 := counter(m1, readsName, "tcp")
+	var m2 string
+	waitFor(t, 60*time.Second, st.name+": 5 more reads of tcp", func() bool {
+		m2 = scrape(t, p.url)
+		return counter(m2, readsName, "tcp") >= r1+5
+	})
+	reads := counter(m2, readsName, "tcp") - r1
+	failing := 0.0
+	if st.health != 200 {
+		failing = 1
+	}
+	for _, c := range []struct {
+		name, file string
+		want       float64
+	}{
+		{malformedName, "tcp", reads * float64(st.malformed)},
+		{readErrsName, "tcp", reads * failing},
+		{malformedName, "tcp6", 0},
+		{readErrsName, "tcp6", 0},
+	} {
+		if got := counter(m2, c.name, c.file) - counter(m1, c.name, c.file); got != c.want {
+			t.Errorf("%s: %s{file=%q} grew by %v over %v reads, want %v", st.name, c.name, c.file, got, reads, c.want)
+		}
+	}
+	if _, bad := state(); bad != "" {
+		t.Errorf("%s: after %v more reads: %s", st.name, reads, bad)
+	}
+	if got := p.stderr.String(); len(got) != logLen {
+		t.Errorf("%s: the log grew over %v reads:\n%s", st.name, reads, got[logLen:])
+	}
+	lines := newLog()
+	unused := slices.Clone(lines)
+	for _, want := range st.logs {
+		i := slices.IndexFunc(unused, func(l string) bool { return strings.Contains(l, want) })
+		if i < 0 {
+			t.Errorf("%s: no log line with %q", st.name, want)
+			continue
+		}
+		unused = slices.Delete(unused, i, i+1)
+	}
+	if len(unused) > 0 || len(lines) != len(st.logs) {
+		t.Errorf("%s: %d new log lines, want %d; unexpected: %q", st.name, len(lines), len(st.logs), unused)
+	}
+	if t.Failed() {
+		t.FailNow() // the next steps build on this one
+	}
+}
+
+// garbageLines returns malformed lines, each ending in a newline and
+// each different in its first 64 bytes (what a log line quotes): lines
+// that look almost right, terminal escapes, NULs, and random bytes.
+func garbageLines() []byte {
+	const rest = " 01 00000000:00000000 02:000003BF 00000000     0        0 51010 2 0000000000c45400 20 4 30 10 -1"
+	lines := []string{
+		"   9: 0100007F:1F90",                            // too few fields
+		"   9: 0100007F:1F9G 0100007F:9C44" + rest,       // not hex
+		"   9  0100007F:1F90 0100007F:9C45" + rest,       // no colon after the slot
+		"   9: 0100007F:1F90 0100007F:9C46 1" + rest[3:], // a one-digit state
+		"   9: 0100007F:1F90 0100007F:9C47 01 00000000:00000000 02:000003BF 00000000     0        0 99999999999999999999999 2 0 20 4 30 10 -1",
+		"   9: 0100007F:1F90 0100007F:9C48 01 00000000:00000000 02:000003BF 00000000     0        0 -1 2 0 20 4 30 10 -1",
+		"  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode", // a second header
+		"\x1b[2J\x1b[31mred alert\x1b[0m\r",
+		strings.Repeat("\x00", 100),
+		"\xff\xfe\xfd invalid UTF-8",
+	}
+	r := rand.New(rand.NewChaCha8([32]byte{'h', 'o', 's', 't', 'i', 'l', 'e'}))
+	for range 10 {
+		b := make([]byte, 1+r.IntN(300))
+		for i := range b {
+			if b[i] = byte(r.Uint32()); b[i] == '\n' {
+				b[i] = 0
+			}
+		}
+		lines = append(lines, string(b))
+	}
+	return []byte(strings.Join(lines, "\n") + "\n")
 }

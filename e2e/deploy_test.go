@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"encoding/json"
@@ -24,7 +24,7 @@ func TestPrometheusRules(t *testing.T) {
 		{"check", "config", "prometheus.yml"},
 	} {
 		cmd := exec.Command("promtool", args...)
-		cmd.Dir = "deploy/prometheus"
+		cmd.Dir = "../deploy/prometheus"
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -41,11 +41,11 @@ func TestPrometheusRules(t *testing.T) {
 func TestDashboardUsesExportedNames(t *testing.T) {
 	srv := listenLoopback(t, "tcp", "127.0.0.1:0")
 	dial(t, 1, "tcp4", srv.ln.Addr().String())
-	base, _ := startServer(t, "-direction", "all", "-interval", "100ms")
-	exported := exportedNames(scrape(t, base))
+	x := startBinary(t, nil, "-direction", "all", "-interval", "100ms")
+	exported := exportedNames(scrape(t, x.url))
 	exported["up"] = true
 
-	data, err := os.ReadFile("deploy/grafana/dashboard.json")
+	data, err := os.ReadFile("../deploy/grafana/dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"io"
@@ -10,10 +10,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// Integration: a fixed capture served through -procfs.
+// A fixed capture served through -procfs.
 
 // TestProcfsRoot serves a fixed capture through -procfs. The fixture,
-// testdata/integration/procfs/net/tcp and tcp6, is /proc/net/tcp and tcp6
+// testdata/procfs/net/tcp and tcp6, is /proc/net/tcp and tcp6
 // of a fresh network namespace (lo up) captured while one program held:
 //
 //	listeners 127.0.0.1:3838, [::]:8080 (dual-stack), [::1]:9000, 127.0.0.1:5432 (idle)
@@ -29,7 +29,7 @@ import (
 // Every local port in it is below 32768, the kernel's ephemeral range, so
 // the exporter's own port (freePort) cannot clash with one.
 func TestProcfsRoot(t *testing.T) {
-	fixture := filepath.Join("testdata", "integration", "procfs")
+	fixture := filepath.Join("testdata", "procfs")
 	tests := []struct {
 		name string
 		args []string

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// Hardening: the binary alone in an empty root, as the scratch image runs it.
+// The binary alone in an empty root, as the scratch image (the Dockerfile's) runs it.
 
 func TestScratchImage(t *testing.T) {
 	if os.Geteuid() != 0 {
@@ -121,7 +121,7 @@ func scratchRun(t *testing.T, root, source string) {
 	})
 
 	// It runs as nobody, in the root that holds the binary alone.
-	pid := hardChild(t, cmd.Process.Pid)
+	pid := onlyChild(t, cmd.Process.Pid)
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil || !strings.Contains(string(status), "\nUid:\t65534\t65534\t65534\t65534\n") {
 		t.Errorf("the exporter (pid %d) does not run as 65534: %v\n%s", pid, err, status)
@@ -138,7 +138,7 @@ func scratchRun(t *testing.T, root, source string) {
 		fmt.Sprintf(`port="%d",tcp_version="4"`, ln4.port): 3,
 		fmt.Sprintf(`port="%d",tcp_version="6"`, ln6.port): 2,
 	}
-	hardWait(t, 30*time.Second, "the counts of the known connections", func() string {
+	waitCheck(t, 30*time.Second, "the counts of the known connections", func() string {
 		m := scrape(t, url)
 		for _, name := range []string{longtermName, establishedName} {
 			all := samples(m, name)
@@ -179,8 +179,8 @@ func scratchRun(t *testing.T, root, source string) {
 	}
 }
 
-// hardChild returns the only child of process pid.
-func hardChild(t *testing.T, pid int) int {
+// onlyChild returns the only child of process pid.
+func onlyChild(t *testing.T, pid int) int {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	if err != nil {
