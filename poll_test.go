@@ -1,11 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // procfsDir lays out tables as <dir>/net/tcp and tcp6 and returns dir.
@@ -42,4 +48,123 @@ func TestPollAllocsPerLine(t *testing.T) {
 		t.Errorf("a poll allocates %v times over 200 lines and %v times over 40,000: not constant", small, large)
 	}
 	t.Logf("allocations per poll: %v", small)
+}
+
+func TestHealthMetrics(t *testing.T) {
+	for source, files := range map[string][]string{"proc": {"tcp", "tcp6"}, "netlink": {"netlink"}} {
+		t.Run(source, func(t *testing.T) {
+			base := startServer(t, "-interval", "50ms", "-source", source)
+			var body string
+			waitFor(t, 30*time.Second, "three reads", func() bool {
+				body = scrape(t, base)
+				return samples(body, readsName)[`file="`+files[0]+`"`] >= 3
+			})
+			checkHealth(t, body, files)
+		})
+	}
+}
+
+func checkHealth(t *testing.T, body string, files []string) {
+	t.Helper()
+	build := samples(body, buildInfoName)
+	if want := fmt.Sprintf(`version="%s",goversion="%s"`, buildVersion(), runtime.Version()); build[want] != 1 {
+		t.Errorf("build info = %v, want %s 1", build, want)
+	}
+	for _, name := range []string{readErrsName, malformedName} {
+		want := make(map[string]float64)
+		for _, file := range files {
+			want[`file="`+file+`"`] = 0
+		}
+		if diff := cmp.Diff(want, samples(body, name)); diff != "" {
+			t.Errorf("%s mismatch (-want +got):\n%s", name, diff)
+		}
+	}
+	if v := samples(body, lastReadName)[""]; v <= 0 || v > 10 {
+		t.Errorf("%s = %v, want a positive duration", lastReadName, v)
+	}
+	if _, ok := samples(body, trackedName)[""]; !ok {
+		t.Errorf("%s missing", trackedName)
+	}
+}
+
+// TestSourcesAgree runs the exporter on /proc and on netlink side by side
+// over the same real IPv4, IPv6 and IPv4-mapped connections: both must
+// give the same counts, whatever the direction, with and without port.
+func TestSourcesAgree(t *testing.T) {
+	v4 := listenLoopback(t, "tcp4", "127.0.0.1:0")
+	v6 := listenLoopback(t, "tcp6", "[::1]:0")
+	dual := listenLoopback(t, "tcp", "[::]:0")
+	dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", v4.port))
+	dial(t, 2, "tcp6", fmt.Sprintf("[::1]:%d", v6.port))
+	dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", dual.port))
+	dial(t, 1, "tcp6", fmt.Sprintf("[::1]:%d", dual.port))
+	ports := []int{v4.port, v6.port, dual.port}
+	series := func(dir string, port int, version string, n float64) (string, float64) {
+		if dir != "" {
+			dir = `direction="` + dir + `",`
+		}
+		return fmt.Sprintf(`%sport="%d",tcp_version="%s"`, dir, port, version), n
+	}
+	in := map[string]float64{}
+	out := map[string]float64{}
+	for _, s := range []struct {
+		port    int
+		version string
+		n       float64
+	}{{v4.port, "4", 2}, {v6.port, "6", 2}, {dual.port, "4", 2}, {dual.port, "6", 1}} {
+		k, v := series("", s.port, s.version, s.n)
+		in[k] = v
+		k, v = series("out", s.port, s.version, s.n)
+		out[k] = v
+	}
+	tests := []struct {
+		name string
+		args []string
+		want map[string]float64
+	}{
+		{"in", nil, in},
+		{"out", []string{"-direction", "out"}, out},
+		{"all", []string{"-direction", "all"}, merge(prefixed(in, `direction="in",`), out)},
+		{"in port", []string{"-port", fmt.Sprint(dual.port)}, only(in, dual.port)},
+		{"out port", []string{"-direction", "out", "-port", fmt.Sprint(dual.port)}, only(out, dual.port)},
+		{"all port", []string{"-direction", "all", "-port", fmt.Sprint(dual.port)},
+			merge(prefixed(only(in, dual.port), `direction="in",`), only(out, dual.port))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			for _, source := range []string{"proc", "netlink"} {
+				base := startServer(t, append([]string{"-source", source, "-duration", "1s", "-interval", "100ms"}, tt.args...)...)
+				waitSeries(t, base, longtermName, ports, tt.want)
+				waitSeries(t, base, establishedName, ports, tt.want)
+			}
+		})
+	}
+}
+
+func prefixed(m map[string]float64, prefix string) map[string]float64 {
+	out := make(map[string]float64)
+	for k, v := range m {
+		out[prefix+k] = v
+	}
+	return out
+}
+
+func merge(a, b map[string]float64) map[string]float64 {
+	out := prefixed(a, "")
+	for k, v := range b {
+		out[k] = v
+	}
+	return out
+}
+
+// only keeps the series of port.
+func only(m map[string]float64, port int) map[string]float64 {
+	out := make(map[string]float64)
+	for k, v := range m {
+		if strings.Contains(k, fmt.Sprintf(`port="%d"`, port)) {
+			out[k] = v
+		}
+	}
+	return out
 }

@@ -242,24 +242,6 @@ func TestTrackerListenerOpenedDuringRead(t *testing.T) {
 	}
 }
 
-func TestTrackerSeriesComeAndGo(t *testing.T) {
-	cfg := defaultCfg
-	cfg.out = true
-	tr := runSteps(t, cfg, []step{
-		{at: 0, sockets: []socket{lis80, in1, in1Out}, want: []row{{"in/80/4", 0, 1}, {"out/80/4", 0, 1}}},
-		// The client side goes: its series goes; the listener keeps in/80.
-		{at: 2 * time.Second, sockets: []socket{lis80, in1}, want: []row{{"in/80/4", 0, 1}}},
-		{at: 4 * time.Second, sockets: []socket{lis80}, want: []row{{"in/80/4", 0, 0}}},
-		{at: 5 * time.Second, sockets: nil, want: nil},
-	})
-	if n := tr.tracked(); n != 0 {
-		t.Errorf("tracked = %d after every connection went, want 0", n)
-	}
-	if n := len(tr.seriesByKey); n != 0 {
-		t.Errorf("%d series kept after every port went, want 0", n)
-	}
-}
-
 // A read that fails half-way is never ended: it must not lose what the
 // tracker knew, nor count anything twice.
 func TestTrackerUnendedRead(t *testing.T) {
@@ -283,45 +265,6 @@ func TestTrackerUnendedRead(t *testing.T) {
 	}
 	if got := tr.series.items[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes.counts; got != ([14]uint64{}) {
 		t.Errorf("lifetimes observed after an unended read: %v", got)
-	}
-}
-
-func TestTrackerLifetimes(t *testing.T) {
-	clock := new(fakeClock)
-	tr := newTracker(defaultCfg, clock.read)
-	read := func(at time.Duration, socks ...socket) {
-		clock.now = at
-		tr.begin()
-		for _, s := range socks {
-			tr.observe(&s)
-		}
-		tr.end()
-	}
-	read(0, lis80, in1, in2, in1Out)
-	read(1500*time.Millisecond, lis80, in1, in2, in1Out)
-	read(2*time.Second, lis80, in2) // in1 lived 1.5s: last seen at 1.5s
-	read(8*time.Second, lis80, in2)
-	read(9*time.Second, lis80) // in2 lived 8s
-	h := tr.series.items[tr.seriesByKey[seriesKey{dirIn, 80, false}]].lifetimes
-	want := histogram{sum: 9.5}
-	want.counts[1] = 1 // le=6
-	want.counts[2] = 1 // le=10
-	if diff := cmp.Diff(want, h, cmp.AllowUnexported(histogram{})); diff != "" {
-		t.Errorf("lifetimes mismatch (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff(want, tr.total, cmp.AllowUnexported(histogram{})); diff != "" {
-		t.Errorf("total lifetimes mismatch (-want +got):\n%s", diff)
-	}
-}
-
-func TestHistogramBucketBounds(t *testing.T) {
-	var h histogram
-	for _, v := range []float64{0, 1, 1.0001, 6, 86400, 86401} {
-		h.observe(v)
-	}
-	want := [14]uint64{0: 2, 1: 2, 12: 1, 13: 1}
-	if diff := cmp.Diff(want, h.counts); diff != "" {
-		t.Errorf("bucket counts mismatch (-want +got):\n%s", diff)
 	}
 }
 
