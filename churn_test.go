@@ -77,10 +77,10 @@ func churnNoLeak(t *testing.T, source string) {
 	}
 	tracked := func(m string) float64 { return samples(m, trackedName)[""] }
 	onlyScrape := func() string {
-		// The tracker remembers the client end of the scrape connection;
-		// the exporter's own end is never tracked.
-		if got := tracked(sc.get(t, "/metrics")); got != 1 {
-			return fmt.Sprintf("%s %v, want 1", trackedName, got)
+		// Neither end of the scrape connection is tracked: it is the
+		// exporter's own (SPEC 1).
+		if got := tracked(sc.get(t, "/metrics")); got != 0 {
+			return fmt.Sprintf("%s %v, want 0", trackedName, got)
 		}
 		return ""
 	}

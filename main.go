@@ -114,8 +114,8 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 }
 
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
-		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
+		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
 }
 
 // loop reads the tables every interval until ctx is done. It owns the
