@@ -21,7 +21,6 @@ const (
 	bcJmp            = 1                         // INET_DIAG_BC_JMP
 	bcSrcEq          = 11                        // INET_DIAG_BC_S_EQ
 	bcDstEq          = 12                        // INET_DIAG_BC_D_EQ
-	portFilterLen    = 20                        // bytes of bytecode written by appendPortFilter
 )
 
 const (
@@ -53,7 +52,7 @@ var (
 	errDiagSeq      = errors.New("netlink reply to another request")
 	errDiagOverflow = errors.New("netlink datagram larger than buffer")
 	errDiagEndless  = errors.New("netlink dump did not end")
-	errDiagPort     = errors.New("port out of range")
+	errDiagPorts    = errors.New("more ports than a filter takes")
 	errDiagClosed   = errors.New("sock_diag source closed")
 )
 
@@ -133,22 +132,23 @@ func (d *diagSource) Close() error {
 }
 
 // dump asks for AF_INET then AF_INET6 sockets in state ESTABLISHED or LISTEN
-// and calls fn for each; fn must not keep the pointer. With port != -1 the
-// kernel sends every listener but only the established sockets whose source
-// or destination port is port: listeners come from a request of their own,
-// established sockets from a request carrying a port filter. An error of one
-// family does not stop the other; fn may have seen sockets of a failed dump.
-func (d *diagSource) dump(port int, fn func(*socket)) error {
-	if port < -1 || port > 0xffff {
-		return fmt.Errorf("%w: %d", errDiagPort, port)
+// and calls fn for each; fn must not keep the pointer. With ports (nil asks
+// for all) the kernel sends every listener but only the established sockets
+// whose source or destination port is one of ports: listeners come from a
+// request of their own, established sockets from a request carrying a port
+// filter. An error of one family does not stop the other; fn may have seen
+// sockets of a failed dump.
+func (d *diagSource) dump(ports []uint16, fn func(*socket)) error {
+	if len(ports) > maxFilterPorts {
+		return fmt.Errorf("%w: %d", errDiagPorts, len(ports))
 	}
 	var errs [2]error
 	for i, f := range diagFamilies {
 		var err error
-		if port < 0 {
-			err = d.request(f.family, listenStates|establishedStates, -1, fn)
-		} else if err = d.request(f.family, listenStates, -1, fn); err == nil {
-			err = d.request(f.family, establishedStates, port, fn)
+		if ports == nil {
+			err = d.request(f.family, listenStates|establishedStates, nil, fn)
+		} else if err = d.request(f.family, listenStates, nil, fn); err == nil {
+			err = d.request(f.family, establishedStates, ports, fn)
 		}
 		if err != nil {
 			errs[i] = fmt.Errorf("sock_diag %s: %w", f.name, err)
@@ -165,7 +165,7 @@ var diagFamilies = [...]struct {
 // request runs one dump to its end. When it stops early, unread replies
 // would be mistaken for the next request's and the kernel would refuse a new
 // dump (EBUSY) while this one is pending, so the socket is replaced.
-func (d *diagSource) request(family uint8, states uint32, port int, fn func(*socket)) error {
+func (d *diagSource) request(family uint8, states uint32, ports []uint16, fn func(*socket)) error {
 	if d.closed {
 		return errDiagClosed
 	}
@@ -174,7 +174,7 @@ func (d *diagSource) request(family uint8, states uint32, port int, fn func(*soc
 			return err
 		}
 	}
-	err := d.send(family, states, port)
+	err := d.send(family, states, ports)
 	for i := 0; err == nil; i++ {
 		if i == diagMaxRecvs {
 			err = errDiagEndless
@@ -196,12 +196,12 @@ func (d *diagSource) request(family uint8, states uint32, port int, fn func(*soc
 }
 
 // send writes a dump request for one family.
-func (d *diagSource) send(family uint8, states uint32, port int) error {
+func (d *diagSource) send(family uint8, states uint32, ports []uint16) error {
 	d.seq++
 	if d.seq == 0 { // 0 means "any" to parseReply
 		d.seq = 1
 	}
-	d.req = appendRequest(d.req[:0], d.seq, family, states, port)
+	d.req = appendRequest(d.req[:0], d.seq, family, states, ports)
 	if _, err := syscall.Write(d.fd, d.req); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -229,11 +229,12 @@ func (d *diagSource) recv() (int, error) {
 }
 
 // appendRequest appends a SOCK_DIAG_BY_FAMILY dump request for TCP sockets
-// of family in states; port >= 0 adds a filter sport == port || dport == port.
-func appendRequest(b []byte, seq uint32, family uint8, states uint32, port int) []byte {
+// of family in states; ports other than nil add a filter: the source or
+// destination port is one of ports.
+func appendRequest(b []byte, seq uint32, family uint8, states uint32, ports []uint16) []byte {
 	n := nlmsgHdrLen + diagReqLen
-	if port >= 0 {
-		n += 4 + portFilterLen
+	if ports != nil {
+		n += 4 + portFilterLen(len(ports))
 	}
 	ne := binary.NativeEndian
 	b = ne.AppendUint32(b, uint32(n))
@@ -245,35 +246,57 @@ func appendRequest(b []byte, seq uint32, family uint8, states uint32, port int) 
 	b = ne.AppendUint32(b, states)                   // idiag_states
 	var anyID [diagReqLen - 8]byte
 	b = append(b, anyID[:]...) // inet_diag_sockid: match any
-	if port >= 0 {
-		b = ne.AppendUint16(b, 4+portFilterLen) // nla_len
-		b = ne.AppendUint16(b, diagReqBytecode) // nla_type
-		b = appendPortFilter(b, uint16(port))
+	if ports != nil {
+		b = ne.AppendUint16(b, uint16(4+portFilterLen(len(ports)))) // nla_len
+		b = ne.AppendUint16(b, diagReqBytecode)                     // nla_type
+		b = appendPortFilter(b, ports)
 	}
 	return b
 }
 
-// appendPortFilter appends inet_diag bytecode accepting sport == p || dport == p.
-// Each op is {code, yes, no}: the program continues at op+yes when the
-// condition holds and at op+no otherwise; landing exactly on the end accepts,
-// landing 4 bytes past it rejects. A port comparison takes two ops, the
-// second holding the port in its no field.
+// maxFilterPorts bounds the ports of one filter: the jumps to its end must
+// fit their 16-bit field, as must the attribute's length. The port setting
+// allows fewer.
+const maxFilterPorts = 1024
+
+// portFilterLen is the length of appendPortFilter's program for n ports:
+// two comparisons of 8 bytes a port, each but the last followed by a jump.
+func portFilterLen(n int) int { return 2*n*12 - 4 }
+
+// appendPortFilter appends inet_diag bytecode accepting a socket whose
+// source or destination port is one of ports (at least one). Each op is
+// {code, yes, no}: the program continues at op+yes when the condition holds
+// and at op+no otherwise; landing exactly on the end accepts, landing 4
+// bytes past it rejects. A port comparison takes two ops, the second
+// holding the port in its no field. For ports p and q:
 //
 //	 0: S_EQ yes 8 no 12   sport == p? go to 8 : go to 12
 //	 4:  (port p)
-//	 8: JMP  yes 4 no 12   always "no": go to 20, the end: accept
-//	12: D_EQ yes 8 no 12   dport == p? go to 20, accept : go to 24, reject
+//	 8: JMP  yes 4 no 36   always "no": go to 44, the end: accept
+//	12: D_EQ yes 8 no 12   dport == p? go to 20 : go to 24
 //	16:  (port p)
-func appendPortFilter(b []byte, p uint16) []byte {
+//	20: JMP  yes 4 no 24   accept
+//	24: S_EQ yes 8 no 12   sport == q? go to 32 : go to 36
+//	28:  (port q)
+//	32: JMP  yes 4 no 12   accept
+//	36: D_EQ yes 8 no 12   dport == q? go to 44, accept : go to 48, reject
+//	40:  (port q)
+func appendPortFilter(b []byte, ports []uint16) []byte {
 	ne := binary.NativeEndian
 	op := func(b []byte, code, yes uint8, no uint16) []byte {
 		return ne.AppendUint16(append(b, code, yes), no)
 	}
-	b = op(b, bcSrcEq, 8, 12)
-	b = op(b, 0, 0, p)
-	b = op(b, bcJmp, 4, 12)
-	b = op(b, bcDstEq, 8, 12)
-	return op(b, 0, 0, p)
+	start, total := len(b), portFilterLen(len(ports))
+	for _, p := range ports {
+		for _, code := range [...]uint8{bcSrcEq, bcDstEq} {
+			b = op(b, code, 8, 12)
+			b = op(b, 0, 0, p)
+			if len(b)-start < total { // not the last comparison
+				b = op(b, bcJmp, 4, uint16(total-(len(b)-start)))
+			}
+		}
+	}
+	return b
 }
 
 // parseDiagMessages parses a buffer of netlink messages (one recv's worth),

@@ -38,7 +38,7 @@ func captureNetlinkReplies(t *testing.T) {
 		{"einval", syscall.AF_INET, broken},
 	} {
 		d.seq++
-		req := appendRequest(nil, d.seq, c.family, listenStates|establishedStates, -1)
+		req := appendRequest(nil, d.seq, c.family, listenStates|establishedStates, nil)
 		req = binary.NativeEndian.AppendUint16(req, uint16(4+len(c.bc)))
 		req = append(binary.NativeEndian.AppendUint16(req, diagReqBytecode), c.bc...)
 		binary.NativeEndian.PutUint32(req, uint32(len(req)))

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -101,20 +102,42 @@ func diagBCAudit(bc []byte) error {
 }
 
 // TestPortFilterBytecode checks the filter's program against the kernel's
-// rules: inet_diag_bc_audit's and what inet_diag_bc_run computes.
+// rules: inet_diag_bc_audit's and what inet_diag_bc_run computes, for
+// lists of 1, 2, 64 and maxFilterPorts ports.
 func TestPortFilterBytecode(t *testing.T) {
-	for _, p := range []uint16{0, 1, 80, 8080, 65535} {
-		bc := appendPortFilter(nil, p)
+	seq := func(n int, from uint16) []uint16 {
+		ps := make([]uint16, n)
+		for i := range ps {
+			ps[i] = from + uint16(i)*7
+		}
+		return ps
+	}
+	for _, ports := range [][]uint16{
+		{0}, {1}, {80}, {8080}, {65535},
+		{3838, 8080}, {65535, 0}, seq(maxPorts, 1000), seq(maxFilterPorts, 1),
+	} {
+		bc := appendPortFilter(nil, ports)
+		name := fmt.Sprintf("%d ports from %d", len(ports), ports[0])
+		if len(bc) != portFilterLen(len(ports)) {
+			t.Errorf("%s: %d bytes, portFilterLen says %d", name, len(bc), portFilterLen(len(ports)))
+		}
 		if err := diagBCAudit(bc); err != nil {
-			t.Errorf("port %d: kernel would reject % x: %v", p, bc, err)
+			t.Errorf("%s: kernel would reject % x: %v", name, bc, err)
 		}
-		if diff := cmp.Diff(diagAnyPortFilter(p), bc); diff != "" {
-			t.Errorf("port %d: filter mismatch with the general form (-want +got):\n%s", p, diff)
+		if diff := cmp.Diff(diagAnyPortFilter(ports...), bc); diff != "" {
+			t.Errorf("%s: filter mismatch with the general form (-want +got):\n%s", name, diff)
 		}
-		for _, sd := range [][2]uint16{{p, 1}, {1, p}, {p, p}, {p + 1, p - 1}, {1, 2}} {
-			got := diagBCRun(bc, sd[0], sd[1])
-			if want := sd[0] == p || sd[1] == p; got != want {
-				t.Errorf("port %d: filter(sport %d, dport %d) = %v, want %v", p, sd[0], sd[1], got, want)
+		listed := func(p uint16) bool { return slices.Contains(ports, p) }
+		var probes []uint16
+		for _, p := range ports {
+			probes = append(probes, p, p+1, p-1)
+		}
+		for _, sp := range probes {
+			for _, dp := range []uint16{sp, 2, ports[0], ports[len(ports)-1], 5} {
+				got := diagBCRun(bc, sp, dp)
+				if want := listed(sp) || listed(dp); got != want {
+					t.Errorf("%s: filter(sport %d, dport %d) = %v, want %v", name, sp, dp, got, want)
+				}
 			}
 		}
 	}

@@ -86,11 +86,11 @@ func diagSort(ss []socket) []socket {
 }
 
 // diagCollect dumps with d and returns every socket.
-func diagCollect(t *testing.T, d *diagSource, port int) []socket {
+func diagCollect(t *testing.T, d *diagSource, ports []uint16) []socket {
 	t.Helper()
 	var got []socket
-	if err := d.dump(port, func(s *socket) { got = append(got, *s) }); err != nil {
-		t.Fatalf("dump(%d): %v", port, err)
+	if err := d.dump(ports, func(s *socket) { got = append(got, *s) }); err != nil {
+		t.Fatalf("dump(%v): %v", ports, err)
 	}
 	return got
 }
@@ -140,27 +140,42 @@ func TestDiagDumpMatchesProc(t *testing.T) {
 		t.Fatalf("/proc shows %d of the test's sockets, want 3 listeners and 6 connected:\n%v", len(own), own)
 	}
 	opts := cmpopts.EquateComparable(netip.AddrPort{})
+	// 64 ports, the most the setting takes: the dual-stack listener's
+	// last, so that every comparison of the program runs.
+	var many []uint16
+	for p := uint16(1); len(many) < maxPorts-1; p++ {
+		if !n.ports[p] {
+			many = append(many, p)
+		}
+	}
+	many = append(many, n.portDual)
 	for _, c := range []struct {
-		name string
-		port int
+		name  string
+		ports []uint16
 	}{
-		{"all", -1},
-		{"IPv4 listener port", int(n.port4)},
-		{"IPv6 listener port", int(n.port6)},
-		{"dual-stack listener port", int(n.portDual)},
-		{"all again", -1},
+		{"all", nil},
+		{"IPv4 listener port", []uint16{n.port4}},
+		{"IPv6 listener port", []uint16{n.port6}},
+		{"dual-stack listener port", []uint16{n.portDual}},
+		{"two ports", []uint16{n.port6, n.port4}},
+		{"64 ports", many},
+		{"all again", nil},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			listed := func(s *socket) bool {
+				return c.ports == nil || s.State == stateListen ||
+					slices.Contains(c.ports, s.Local.Port()) || slices.Contains(c.ports, s.Remote.Port())
+			}
 			var want []socket
 			for _, s := range own {
-				if c.port < 0 || s.State == stateListen || int(s.Local.Port()) == c.port || int(s.Remote.Port()) == c.port {
+				if listed(&s) {
 					want = append(want, s)
 				}
 			}
 			var got []socket
-			for _, s := range diagCollect(t, d, c.port) {
-				if c.port >= 0 && s.State == stateEstablished && int(s.Local.Port()) != c.port && int(s.Remote.Port()) != c.port {
-					t.Errorf("port %d: the kernel sent an unrelated socket %s", c.port, diagLine(&s))
+			for _, s := range diagCollect(t, d, c.ports) {
+				if !listed(&s) {
+					t.Errorf("ports %v: the kernel sent an unrelated socket %s", c.ports, diagLine(&s))
 				}
 				if n.own(&s) {
 					got = append(got, s)
@@ -176,10 +191,10 @@ func TestDiagDumpMatchesProc(t *testing.T) {
 // TestDiagDumpPortEdges: the kernel accepts the filter for extreme ports.
 func TestDiagDumpPortEdges(t *testing.T) {
 	d := newTestDiagSource(t)
-	for _, port := range []int{0, 1, 65535} {
-		for _, s := range diagCollect(t, d, port) {
-			if s.State != stateListen && s.Local.Port() != uint16(port) && s.Remote.Port() != uint16(port) {
-				t.Errorf("port %d: unrelated socket %s", port, diagLine(&s))
+	for _, ports := range [][]uint16{{0}, {1}, {65535}, {65535, 1}} {
+		for _, s := range diagCollect(t, d, ports) {
+			if s.State != stateListen && !slices.Contains(ports, s.Local.Port()) && !slices.Contains(ports, s.Remote.Port()) {
+				t.Errorf("ports %v: unrelated socket %s", ports, diagLine(&s))
 			}
 		}
 	}
@@ -187,15 +202,13 @@ func TestDiagDumpPortEdges(t *testing.T) {
 
 func TestDiagDumpErrors(t *testing.T) {
 	d := newTestDiagSource(t)
-	for _, port := range []int{-2, 65536} {
-		if err := d.dump(port, func(*socket) {}); !errors.Is(err, errDiagPort) {
-			t.Errorf("dump(%d) = %v, want %v", port, err, errDiagPort)
-		}
+	if err := d.dump(make([]uint16, maxFilterPorts+1), func(*socket) {}); !errors.Is(err, errDiagPorts) {
+		t.Errorf("dump(%d ports) = %v, want %v", maxFilterPorts+1, err, errDiagPorts)
 	}
 	if err := d.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if err := d.dump(-1, func(*socket) {}); !errors.Is(err, errDiagClosed) {
+	if err := d.dump(nil, func(*socket) {}); !errors.Is(err, errDiagClosed) {
 		t.Errorf("dump after Close = %v, want %v", err, errDiagClosed)
 	}
 }
@@ -206,14 +219,14 @@ func TestDiagDumpErrors(t *testing.T) {
 func TestDiagDumpRecovers(t *testing.T) {
 	diagOpenTestNet(t)
 	d := newTestDiagSource(t)
-	if err := d.send(syscall.AF_INET, listenStates|establishedStates, -1); err != nil {
+	if err := d.send(syscall.AF_INET, listenStates|establishedStates, nil); err != nil {
 		t.Fatal(err)
 	}
-	err := d.dump(-1, func(*socket) {})
+	err := d.dump(nil, func(*socket) {})
 	if !errors.Is(err, errDiagSeq) {
 		t.Errorf("dump after an abandoned one = %v, want %v", err, errDiagSeq)
 	}
-	if err := d.dump(-1, func(*socket) {}); err != nil {
+	if err := d.dump(nil, func(*socket) {}); err != nil {
 		t.Errorf("second dump = %v, want success", err)
 	}
 }
@@ -224,9 +237,9 @@ func BenchmarkDiagDump(b *testing.B) {
 	const pairs = 5000
 	run := func(name string, table func(b *testing.B) int) {
 		port := table(b)
-		b.Run(name+"/netlink", func(b *testing.B) { diagBenchNetlink(b, -1) })
+		b.Run(name+"/netlink", func(b *testing.B) { diagBenchNetlink(b, nil) })
 		if port > 0 {
-			b.Run(name+"/netlink-port", func(b *testing.B) { diagBenchNetlink(b, port) })
+			b.Run(name+"/netlink-port", func(b *testing.B) { diagBenchNetlink(b, []uint16{uint16(port)}) })
 		}
 		b.Run(name+"/proc", diagBenchProc)
 	}
@@ -245,13 +258,13 @@ func BenchmarkDiagDump(b *testing.B) {
 	})
 }
 
-func diagBenchNetlink(b *testing.B, port int) {
+func diagBenchNetlink(b *testing.B, ports []uint16) {
 	d := newTestDiagSource(b)
 	n := 0
 	fn := func(*socket) { n++ }
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := d.dump(port, fn); err != nil {
+		if err := d.dump(ports, fn); err != nil {
 			b.Fatal(err)
 		}
 	}

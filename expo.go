@@ -14,6 +14,8 @@ const contentType = "text/plain; version=0.0.4; charset=utf-8"
 const (
 	longtermName    = "netstat_tcp_longterm_connections_total"
 	longtermHelp    = "TCP connections that are established for a minimal duration"
+	clientsName     = "netstat_tcp_longterm_clients"
+	clientsHelp     = "Distinct remote IP addresses among the long-term TCP connections"
 	establishedName = "netstat_tcp_established_connections"
 	establishedHelp = "TCP connections that are established, whatever their age"
 	lifetimeName    = "netstat_tcp_connection_lifetime_seconds"
@@ -26,13 +28,20 @@ type connView struct {
 	withDir bool       // a direction label before port
 	series  []*series  // sorted
 	total   *histogram // all lifetimes, for simple mode
+	clients int        // distinct remote addresses over all series, for simple mode
 }
 
-// appendConnMetrics writes the long-term gauge, the established gauge and
-// the lifetime histogram.
+// appendConnMetrics writes the long-term gauge, the clients gauge, the
+// established gauge and the lifetime histogram.
 func appendConnMetrics(b []byte, v connView) []byte {
 	b = appendHeader(b, longtermName, longtermHelp, "gauge")
 	b = appendCounts(b, v, longtermName, func(s *series) int { return s.longterm })
+	b = appendHeader(b, clientsName, clientsHelp, "gauge")
+	if v.simple { // an address counted on two ports is one client
+		b = appendIntSample(b, clientsName, nil, v.clients)
+	} else {
+		b = appendCounts(b, v, clientsName, func(s *series) int { return s.clients })
+	}
 	b = appendHeader(b, establishedName, establishedHelp, "gauge")
 	b = appendCounts(b, v, establishedName, func(s *series) int { return s.established })
 	b = appendHeader(b, lifetimeName, lifetimeHelp, "histogram")

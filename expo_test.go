@@ -11,8 +11,8 @@ func TestAppendConnMetricsGolden(t *testing.T) {
 		h.observe(v)
 	}
 	series := []*series{
-		{key: seriesKey{dirIn, 80, false}, longterm: 2, established: 3, lifetimes: h},
-		{key: seriesKey{dirOut, 80, false}, longterm: 1, established: 1},
+		{key: seriesKey{dirIn, 80, false}, longterm: 2, clients: 1, established: 3, lifetimes: h},
+		{key: seriesKey{dirOut, 80, false}, longterm: 1, clients: 1, established: 1},
 		{key: seriesKey{dirIn, 80, true}, longterm: 0, established: 1},
 		{key: seriesKey{dirIn, 3838, false}},
 	}
@@ -22,7 +22,7 @@ func TestAppendConnMetricsGolden(t *testing.T) {
 	}{
 		{"labelled", connView{series: series[2:], total: &h}},
 		{"direction", connView{withDir: true, series: series, total: &h}},
-		{"simple", connView{simple: true, series: series, total: &h}},
+		{"simple", connView{simple: true, series: series, total: &h, clients: 1}},
 		{"simple-empty", connView{simple: true, total: &histogram{}}},
 		{"labelled-empty", connView{total: &histogram{}}},
 	}

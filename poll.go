@@ -66,11 +66,17 @@ const maxBadLogged = 256
 func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 	cfg := trackConfig{
 		duration: s.duration,
-		port:     s.port,
 		in:       s.direction != "out",
 		out:      s.direction != "in",
 		tcpv6:    s.tcpv6,
 		ownPort:  ownPort,
+		simple:   s.simple,
+	}
+	if s.ports != nil {
+		cfg.ports = new(portSet)
+		for _, p := range s.ports {
+			cfg.ports.add(p)
+		}
 	}
 	start := time.Now()
 	x := &exporter{
@@ -136,6 +142,7 @@ func (x *exporter) poll() {
 			withDir: x.s.direction != "in",
 			series:  x.tr.sorted,
 			total:   &x.tr.total,
+			clients: x.tr.allClients,
 		})
 	case x.front != nil: // only this goroutine changes front
 		next.b = append(next.b[:0], x.front.b[:x.front.conns]...)
@@ -174,7 +181,7 @@ func (x *exporter) read() error {
 	if x.diag != nil {
 		f := &x.files[2]
 		f.reads++
-		err := x.diag.dump(x.s.port, x.observe)
+		err := x.diag.dump(x.s.ports, x.observe)
 		if err == nil {
 			return nil
 		}

@@ -48,6 +48,7 @@ func b2i(b bool) int {
 type series struct {
 	key         seriesKey
 	longterm    int // established for at least duration
+	clients     int // distinct remote addresses of the long-term ones
 	established int // established, any age
 	lifetimes   histogram
 	keep        bool // a listener or the port setting keeps it at zero
@@ -57,8 +58,16 @@ type series struct {
 func (t *tracker) count(e *connEntry) {
 	s := t.series.items[e.series]
 	s.established++
-	if t.readAt-e.first >= t.cfg.duration {
-		s.longterm++
+	if t.readAt-e.first < t.cfg.duration {
+		return
+	}
+	s.longterm++
+	c := &t.clients.items[e.client]
+	if c.gen != t.gen {
+		c.gen, c.longterm = t.gen, 0
+	}
+	if c.longterm++; c.longterm == 1 {
+		*t.clientCount(s)++
 	}
 }
 
@@ -79,9 +88,67 @@ func (t *tracker) uncount(e *connEntry) {
 	}
 	s := t.series.items[e.series]
 	s.established--
-	if t.readAt-e.first >= t.cfg.duration {
-		s.longterm--
+	if t.readAt-e.first < t.cfg.duration {
+		return
 	}
+	s.longterm--
+	c := &t.clients.items[e.client]
+	if c.longterm--; c.longterm == 0 {
+		*t.clientCount(s)--
+	}
+}
+
+// A client is a remote address in a series (in simple mode, over all
+// series), kept while a connection has it. It counts its long-term
+// connections of the current read, so that a series counts each address
+// once however many connections it holds: a browser holds several.
+type client struct {
+	key      clientKey
+	conns    int32  // entries that have it
+	gen      uint32 // the read that longterm counts in
+	longterm int32  // its long-term connections counted in read gen
+}
+
+type clientKey struct {
+	series int32 // -1 in simple mode
+	addr   [16]byte
+}
+
+// clientFor returns the index of the client of a new entry of series with
+// remote address addr, made if need be.
+func (t *tracker) clientFor(series int32, addr *[16]byte) int32 {
+	k := clientKey{series, *addr}
+	if t.cfg.simple {
+		k.series = -1
+	}
+	i, ok := t.clientsByKey[k]
+	if !ok {
+		i = t.clients.add(client{key: k})
+		t.clientsByKey[k] = i
+	}
+	t.clients.items[i].conns++
+	return i
+}
+
+// releaseClient lets go of e's client, which is dropped with its last entry.
+func (t *tracker) releaseClient(e *connEntry) {
+	if e.client < 0 {
+		return
+	}
+	c := &t.clients.items[e.client]
+	if c.conns--; c.conns == 0 {
+		delete(t.clientsByKey, c.key)
+		t.clients.remove(e.client)
+	}
+	e.client = -1
+}
+
+// clientCount is where the distinct clients of s are counted.
+func (t *tracker) clientCount(s *series) *int {
+	if t.cfg.simple {
+		return &t.allClients
+	}
+	return &s.clients
 }
 
 // keepIdleSeries marks the series that exist at zero: inbound series of
@@ -89,7 +156,7 @@ func (t *tracker) uncount(e *connEntry) {
 func (t *tracker) keepIdleSeries() {
 	c := &t.cfg
 	keep := func(dir direction, p uint16, v6 bool) {
-		if p == c.ownPort || v6 && !c.tcpv6 || c.port >= 0 && int(p) != c.port {
+		if p == c.ownPort || v6 && !c.tcpv6 || !c.hasPort(p) {
 			return
 		}
 		t.series.items[t.seriesFor(seriesKey{dir, p, v6})].keep = true
@@ -99,11 +166,10 @@ func (t *tracker) keepIdleSeries() {
 		t.listen6.each(func(p uint16) { keep(dirIn, p, true) })
 		t.listenAny.each(func(p uint16) { keep(dirIn, p, false); keep(dirIn, p, true) })
 	}
-	if c.port >= 0 {
+	if c.ports != nil {
 		for _, d := range []direction{dirIn, dirOut} {
 			if d == dirIn && c.in || d == dirOut && c.out {
-				keep(d, uint16(c.port), false)
-				keep(d, uint16(c.port), true)
+				c.ports.each(func(p uint16) { keep(d, p, false); keep(d, p, true) })
 			}
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,8 +18,8 @@ import (
 type settings struct {
 	simple    bool
 	tcpv6     bool
-	port      int
-	listen    string // host:port, host may be empty
+	ports     []uint16 // the service ports to observe; nil observes all
+	listen    string   // host:port, host may be empty
 	duration  time.Duration
 	interval  time.Duration
 	direction string // in, out or all
@@ -29,8 +30,8 @@ type settings struct {
 
 // String is the one-line form the start-up log and the index page show.
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
-		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
+		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
 }
 
 // setting describes one setting: its names, default and how to take a value.
@@ -45,8 +46,8 @@ var allSettings = []setting{
 		func(s *settings, v string) (err error) { s.simple, err = parseBool(v); return }},
 	{"tcpv6", "TCPV6", "true", "also count IPv6 connections", true,
 		func(s *settings, v string) (err error) { s.tcpv6, err = parseBool(v); return }},
-	{"port", "PORT", "-1", "the one service port to observe; -1 observes all", false,
-		func(s *settings, v string) (err error) { s.port, err = parsePort(v, true); return }},
+	{"port", "PORT", "-1", "the service ports to observe, comma-separated (3838,8080; at most 64); -1 observes all", false,
+		func(s *settings, v string) (err error) { s.ports, err = parsePorts(v); return }},
 	{"listen", "LISTEN", "9690", "where the HTTP server listens: a port or host:port", false,
 		func(s *settings, v string) (err error) { s.listen, err = parseListen(v); return }},
 	{"duration", "DURATION", "6", "minimum age of a long-term connection: seconds or a Go duration", false,
@@ -271,7 +272,10 @@ var (
 	errPath           = errors.New("empty path")
 	errBool           = errors.New("not a boolean (true, false, 1, 0, t, f)")
 	errPortRange      = errors.New("not a port number (1 to 65535)")
-	errPortAll        = errors.New("not a port number (1 to 65535, or -1 for all)")
+	errPortElem       = errors.New("is not a port number")
+	errPortAll        = errors.New("-1 means all ports and stands alone")
+	errPortTwice      = errors.New("is listed twice")
+	errPortMany       = fmt.Errorf("lists more than %d ports", maxPorts)
 	errListen         = errors.New("not a port or host:port")
 	errDuration       = errors.New("not a positive number of seconds or Go duration")
 	errDirection      = errors.New("not one of in, out, all")
@@ -288,17 +292,55 @@ func parseBool(v string) (bool, error) {
 	return false, errBool
 }
 
-func parsePort(v string, allowAll bool) (int, error) {
+func parsePort(v string) (int, error) {
 	n, err := strconv.Atoi(v)
-	switch {
-	case err == nil && n >= 1 && n <= 65535:
-		return n, nil
-	case err == nil && n == -1 && allowAll:
-		return n, nil
-	case allowAll:
-		return 0, errPortAll
+	if err != nil || n < 1 || n > 65535 {
+		return 0, errPortRange
 	}
-	return 0, errPortRange
+	return n, nil
+}
+
+// maxPorts bounds the port list: the kernel-side filter grows with it.
+const maxPorts = 64
+
+// parsePorts takes "-1" (all ports: nil) or a comma-separated list of
+// distinct ports, and names the bad element of a bad list.
+func parsePorts(v string) ([]uint16, error) {
+	if v == "-1" {
+		return nil, nil
+	}
+	var ports []uint16
+	for elem := range strings.SplitSeq(v, ",") {
+		elem = strings.TrimSpace(elem)
+		n, err := parsePort(elem)
+		switch {
+		case elem == "-1":
+			return nil, errPortAll
+		case err != nil:
+			return nil, fmt.Errorf("%q %w", elem, errPortElem)
+		case slices.Contains(ports, uint16(n)):
+			return nil, fmt.Errorf("%q %w", elem, errPortTwice)
+		case len(ports) == maxPorts:
+			return nil, errPortMany
+		}
+		ports = append(ports, uint16(n))
+	}
+	return ports, nil
+}
+
+// portsString writes a port list as the port setting takes it.
+func portsString(ports []uint16) string {
+	if ports == nil {
+		return "-1"
+	}
+	var b []byte
+	for i, p := range ports {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(p), 10)
+	}
+	return string(b)
 }
 
 // parseListen takes "9690" (all addresses) or "host:port".
@@ -310,7 +352,7 @@ func parseListen(v string) (string, error) {
 		}
 		host, port = "", v
 	}
-	n, err := parsePort(port, false)
+	n, err := parsePort(port)
 	if err != nil {
 		return "", err
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"runtime"
 	"slices"
@@ -39,10 +40,15 @@ func runFailing(t *testing.T, args []string, env map[string]string, wantErr erro
 func TestBadSettings(t *testing.T) {
 	const (
 		notBool = "not a boolean (true, false, 1, 0, t, f)"
-		notPort = "not a port number (1 to 65535, or -1 for all)"
+		notPort = "is not a port number"
 		notDur  = "not a positive number of seconds or Go duration"
 		bad     = "testdata/conf/bad-"
 	)
+	var ports65 string
+	for p := range 65 {
+		ports65 += fmt.Sprintf("%d,", 1000+p)
+	}
+	ports65 = strings.TrimSuffix(ports65, ",")
 	tests := []struct {
 		name    string
 		args    []string
@@ -52,10 +58,10 @@ func TestBadSettings(t *testing.T) {
 	}{
 		{"flag bool", []string{"-simple=yes"}, nil, `invalid value "yes" for simple from flag -simple: ` + notBool, errBool},
 		{"flag --bool", []string{"--tcpv6=2"}, nil, `invalid value "2" for tcpv6 from flag -tcpv6: ` + notBool, errBool},
-		{"flag int", []string{"-port", "abc"}, nil, `invalid value "abc" for port from flag -port: ` + notPort, errPortAll},
-		{"flag port 0", []string{"-port=0"}, nil, `invalid value "0" for port from flag -port: ` + notPort, errPortAll},
-		{"flag port 65536", []string{"-port", "65536"}, nil, `invalid value "65536" for port from flag -port: ` + notPort, errPortAll},
-		{"flag port -2", []string{"-port=-2"}, nil, `invalid value "-2" for port from flag -port: ` + notPort, errPortAll},
+		{"flag int", []string{"-port", "abc"}, nil, `invalid value "abc" for port from flag -port: "abc" ` + notPort, errPortElem},
+		{"flag port 0", []string{"-port=0"}, nil, `invalid value "0" for port from flag -port: "0" ` + notPort, errPortElem},
+		{"flag port 65536", []string{"-port", "65536"}, nil, `invalid value "65536" for port from flag -port: "65536" ` + notPort, errPortElem},
+		{"flag port -2", []string{"-port=-2"}, nil, `invalid value "-2" for port from flag -port: "-2" ` + notPort, errPortElem},
 		{"flag listen -1", []string{"-listen=-1"}, nil, `invalid value "-1" for listen from flag -listen: not a port number (1 to 65535)`, errPortRange},
 		{"flag listen 0", []string{"-listen", "0"}, nil, `invalid value "0" for listen from flag -listen: not a port number (1 to 65535)`, errPortRange},
 		{"flag listen 65536", []string{"-listen", "127.0.0.1:65536"}, nil, `invalid value "127.0.0.1:65536" for listen from flag -listen: not a port number (1 to 65535)`, errPortRange},
@@ -74,20 +80,26 @@ func TestBadSettings(t *testing.T) {
 		{"positional", []string{"-port", "80", "extra"}, nil, `unexpected argument "extra"`, errArgument},
 		{"value after bare bool", []string{"-simple", "true"}, nil, `unexpected argument "true"`, errArgument},
 		{"env bool", nil, map[string]string{"SIMPLE": "yes"}, `invalid value "yes" for simple from env SIMPLE: ` + notBool, errBool},
-		{"env int", nil, map[string]string{"PORT": "http"}, `invalid value "http" for port from env PORT: ` + notPort, errPortAll},
-		{"env port 0", nil, map[string]string{"PORT": "0"}, `invalid value "0" for port from env PORT: ` + notPort, errPortAll},
+		{"env int", nil, map[string]string{"PORT": "http"}, `invalid value "http" for port from env PORT: "http" ` + notPort, errPortElem},
+		{"env port 0", nil, map[string]string{"PORT": "0"}, `invalid value "0" for port from env PORT: "0" ` + notPort, errPortElem},
 		{"env listen", nil, map[string]string{"LISTEN": "65536"}, `invalid value "65536" for listen from env LISTEN: not a port number (1 to 65535)`, errPortRange},
+		{"flag port twice", []string{"-port", "3838,3838"}, nil, `invalid value "3838,3838" for port from flag -port: "3838" is listed twice`, errPortTwice},
+		{"flag port empty element", []string{"-port", "3838,"}, nil, `invalid value "3838," for port from flag -port: "" ` + notPort, errPortElem},
+		{"flag port list range", []string{"-port", "70000,1"}, nil, `invalid value "70000,1" for port from flag -port: "70000" ` + notPort, errPortElem},
+		{"flag port -1 in a list", []string{"-port", "-1,80"}, nil, `invalid value "-1,80" for port from flag -port: -1 means all ports and stands alone`, errPortAll},
+		{"flag port list of 65", []string{"-port", ports65}, nil, `invalid value "` + ports65 + `" for port from flag -port: lists more than 64 ports`, errPortMany},
+		{"env port list", nil, map[string]string{"PORT": "3838,x"}, `invalid value "3838,x" for port from env PORT: "x" ` + notPort, errPortElem},
 		{"env duration", nil, map[string]string{"DURATION": "-1s"}, `invalid value "-1s" for duration from env DURATION: ` + notDur, errDuration},
 		{"env interval", nil, map[string]string{"INTERVAL": "0"}, `invalid value "0" for interval from env INTERVAL: ` + notDur, errDuration},
 		{"env direction", nil, map[string]string{"DIRECTION": "up"}, `invalid value "up" for direction from env DIRECTION: not one of in, out, all`, errDirection},
 		{"env source", nil, map[string]string{"SOURCE": "diag"}, `invalid value "diag" for source from env SOURCE: not one of auto, netlink, proc`, errSource},
-		{"env under a good flag", []string{"-port", "80"}, map[string]string{"PORT": "abc"}, `invalid value "abc" for port from env PORT: ` + notPort, errPortAll},
+		{"env under a good flag", []string{"-port", "80"}, map[string]string{"PORT": "abc"}, `invalid value "abc" for port from env PORT: "abc" ` + notPort, errPortElem},
 		{"file unknown setting", []string{"-conf", bad + "unknown.conf"}, nil, bad + `unknown.conf:3: unknown setting "nope"`, errUnknownSetting},
 		{"file no name", []string{"-conf", bad + "noname.conf"}, nil, bad + `noname.conf:3: unknown setting ""`, errUnknownSetting},
 		{"file bare non-boolean", []string{"-conf", bad + "bare.conf"}, nil, bad + `bare.conf:3: setting port needs a value`, errNeedsValue},
 		{"file bool", []string{"-conf", bad + "bool.conf"}, nil, bad + `bool.conf:3: invalid value "yes" for tcpv6: ` + notBool, errBool},
-		{"file int", []string{"-conf", bad + "port.conf"}, nil, bad + `port.conf:3: invalid value "80a" for port: ` + notPort, errPortAll},
-		{"file port range", nil, map[string]string{"CONF": bad + "port-range.conf"}, bad + `port-range.conf:3: invalid value "65536" for port: ` + notPort, errPortAll},
+		{"file int", []string{"-conf", bad + "port.conf"}, nil, bad + `port.conf:3: invalid value "80a" for port: "80a" ` + notPort, errPortElem},
+		{"file port range", nil, map[string]string{"CONF": bad + "port-range.conf"}, bad + `port-range.conf:3: invalid value "65536" for port: "65536" ` + notPort, errPortElem},
 		{"file listen", []string{"-conf", bad + "listen.conf"}, nil, bad + `listen.conf:3: invalid value "[::1]" for listen: not a port or host:port`, errListen},
 		{"file duration", []string{"-conf", bad + "duration.conf"}, nil, bad + `duration.conf:3: invalid value "0" for duration: ` + notDur, errDuration},
 		{"file interval", []string{"-conf", bad + "interval.conf"}, nil, bad + `interval.conf:3: invalid value "-1s" for interval: ` + notDur, errDuration},

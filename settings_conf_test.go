@@ -15,7 +15,7 @@ import (
 // The configuration file: its syntax, where its path comes from, fuzzing.
 
 func TestConfFileSyntax(t *testing.T) {
-	port80 := defaultSettings(func(s *settings) { s.port = 80 })
+	port80 := defaultSettings(func(s *settings) { s.ports = []uint16{80} })
 	simple := defaultSettings(func(s *settings) { s.simple = true })
 	long := "/" + strings.Repeat("p", 70000) // beyond bufio.Scanner's 64 KiB line
 	tests := []struct {
@@ -48,7 +48,7 @@ func TestConfFileSyntax(t *testing.T) {
 		{name: "README sample.conf", fixture: "sample.conf",
 			want: defaultSettings(func(s *settings) { s.simple, s.tcpv6 = true, true })},
 		{name: "CRLF file", fixture: "crlf.conf",
-			want: defaultSettings(func(s *settings) { s.simple, s.port = true, 3838 })},
+			want: defaultSettings(func(s *settings) { s.simple, s.ports = true, []uint16{3838} })},
 		{name: "UTF-8 BOM", fixture: "bom.conf", want: simple},
 		{name: "every setting", fixture: "all.conf", want: allConf},
 	}
@@ -130,7 +130,7 @@ func checkValidSettings(t *testing.T, s *settings) {
 	t.Helper()
 	_, port, err := net.SplitHostPort(s.listen)
 	n, _ := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 || s.port != -1 && (s.port < 1 || s.port > 65535) ||
+	if err != nil || n < 1 || n > 65535 || slices.Contains(s.ports, 0) || len(s.ports) > maxPorts ||
 		s.duration <= 0 || s.interval <= 0 || s.procfs == "" ||
 		!slices.Contains([]string{"in", "out", "all"}, s.direction) ||
 		!slices.Contains([]string{"auto", "netlink", "proc"}, s.source) {

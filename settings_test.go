@@ -22,7 +22,7 @@ func settingsEnv(env map[string]string) func(string) string {
 // defaultSettings are the settings when nothing is given, as SPEC section 2
 // lists them, changed by edit unless it is nil.
 func defaultSettings(edit func(s *settings)) settings {
-	s := settings{tcpv6: true, port: -1, listen: ":9690", duration: 6 * time.Second,
+	s := settings{tcpv6: true, ports: nil, listen: ":9690", duration: 6 * time.Second,
 		interval: time.Second, direction: "in", procfs: "/proc", source: "auto"}
 	if edit != nil {
 		edit(&s)
@@ -68,7 +68,7 @@ func TestSettingsPrecedence(t *testing.T) {
 		{"tcpv6", "TCPV6", [3]string{"false", "true", "false"},
 			func(s *settings, i int) { s.tcpv6 = []bool{true, false, true, false}[i] }},
 		{"port", "PORT", [3]string{"80", "8080", "-1"},
-			func(s *settings, i int) { s.port = []int{-1, 80, 8080, -1}[i] }},
+			func(s *settings, i int) { s.ports = [][]uint16{nil, {80}, {8080}, nil}[i] }},
 		{"listen", "LISTEN", [3]string{"127.0.0.1:9691", "9692", "[::1]:9693"},
 			func(s *settings, i int) { s.listen = []string{":9690", "127.0.0.1:9691", ":9692", "[::1]:9693"}[i] }},
 		{"duration", "DURATION", [3]string{"10", "1m30s", "500ms"},
@@ -108,7 +108,7 @@ func TestSettingsPrecedence(t *testing.T) {
 }
 
 // allConf is what testdata/conf/all.conf sets: every setting.
-var allConf = settings{simple: true, tcpv6: false, port: 3838, listen: "127.0.0.1:9691",
+var allConf = settings{simple: true, tcpv6: false, ports: []uint16{3838}, listen: "127.0.0.1:9691",
 	duration: 90 * time.Second, interval: 500 * time.Millisecond, direction: "out",
 	procfs: "/host/proc", source: "proc", conf: "testdata/conf/all.conf"}
 
@@ -134,7 +134,7 @@ func TestEnvEmptyIsUnset(t *testing.T) {
 }
 
 func TestFlagForms(t *testing.T) {
-	port80 := defaultSettings(func(s *settings) { s.port = 80 })
+	port80 := defaultSettings(func(s *settings) { s.ports = []uint16{80} })
 	simple := defaultSettings(func(s *settings) { s.simple = true })
 	tests := []struct {
 		name string

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -104,13 +105,29 @@ func TestListenSetting(t *testing.T) {
 }
 
 func TestPortSetting(t *testing.T) {
-	tests := []valueTest[int]{
-		{"1", 1, nil}, {"80", 80, nil}, {"65535", 65535, nil}, {"-1", -1, nil},
-		{"+80", 80, nil}, {"080", 80, nil},
-		{"0", 0, errPortAll}, {"65536", 0, errPortAll}, {"-2", 0, errPortAll},
-		{"abc", 0, errPortAll}, {"80a", 0, errPortAll}, {"0x50", 0, errPortAll},
+	ports := func(n int) ([]uint16, string) { // 1..n and its text
+		var ps []uint16
+		var text []string
+		for i := range n {
+			ps = append(ps, uint16(1000+i))
+			text = append(text, strconv.Itoa(1000+i))
+		}
+		return ps, strings.Join(text, ",")
 	}
-	checkValues(t, "port", func(s *settings) *int { return &s.port }, tests)
+	many, manyText := ports(maxPorts)
+	_, tooManyText := ports(maxPorts + 1)
+	tests := []valueTest[[]uint16]{
+		{"1", []uint16{1}, nil}, {"80", []uint16{80}, nil}, {"65535", []uint16{65535}, nil}, {"-1", nil, nil},
+		{"+80", []uint16{80}, nil}, {"080", []uint16{80}, nil},
+		{"3838,8080", []uint16{3838, 8080}, nil}, {"8080, 3838", []uint16{8080, 3838}, nil},
+		{manyText, many, nil},
+		{"0", nil, errPortElem}, {"65536", nil, errPortElem}, {"-2", nil, errPortElem},
+		{"abc", nil, errPortElem}, {"80a", nil, errPortElem}, {"0x50", nil, errPortElem},
+		{"3838,3838", nil, errPortTwice}, {"3838,", nil, errPortElem}, {",3838", nil, errPortElem},
+		{"70000,1", nil, errPortElem}, {"-1,80", nil, errPortAll}, {"80,-1", nil, errPortAll},
+		{tooManyText, nil, errPortMany},
+	}
+	checkValues(t, "port", func(s *settings) *[]uint16 { return &s.ports }, tests)
 }
 
 func TestDirectionSetting(t *testing.T) {

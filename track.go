@@ -10,10 +10,29 @@ import (
 // trackConfig is what the tracker needs of the settings.
 type trackConfig struct {
 	duration time.Duration // minimum age of a long-term connection
-	port     int           // the one service port to count, or -1
+	ports    *portSet      // the service ports to count; nil counts all
 	in, out  bool          // which directions count
 	tcpv6    bool          // count IPv6 connections too
 	ownPort  uint16        // the exporter's own listening port, never counted
+	simple   bool          // clients are counted over all series, not per series
+}
+
+// hasPort reports whether the service port p is one the settings count.
+func (c *trackConfig) hasPort(p uint16) bool { return c.ports == nil || c.ports.has(p) }
+
+// own reports whether a connection is one end of a connection to or from
+// the exporter's own listening socket: a scrape, never counted. A remote
+// end on the own port is the exporter itself only when it is on this host:
+// a loopback address or the connection's own local address.
+func (c *trackConfig) own(k *connKey) bool {
+	return k.lport == c.ownPort ||
+		k.rport == c.ownPort && (isLoopback(&k.remote) || k.remote == k.local)
+}
+
+// isLoopback reports whether a 16-byte address is ::1 or in 127.0.0.0/8,
+// also as ::ffff:127.x.y.z.
+func isLoopback(a *[16]byte) bool {
+	return *a == [16]byte{15: 1} || [13]byte(a[:13]) == [13]byte{10: 0xff, 11: 0xff, 12: 127}
 }
 
 // connKey is a connection's identity: its 4-tuple and socket inode.
@@ -43,12 +62,14 @@ func (k *connKey) v4() bool {
 
 // connEntry is what the tracker keeps of a connection: 24 bytes, no
 // pointers for the garbage collector to follow. A series outlives every
-// connection it counts (see end), so an entry can keep its index.
+// connection it counts (see end), and a client every connection it has, so
+// an entry can keep their indices.
 type connEntry struct {
 	first  time.Duration // first seen established, monotonic
 	fold   uint32        // of its connKey
 	seen   uint32        // generation of the last read that listed it
 	series int32         // index of its series, or -1 when it does not count
+	client int32         // index of its client, or -1 when it does not count
 }
 
 // portSet is a set of TCP ports.
@@ -96,6 +117,10 @@ type tracker struct {
 	seriesByKey map[seriesKey]int32
 	sorted      []*series // the series after the last end, sorted
 	total       histogram // all lifetimes, for simple mode: it outlives every series
+
+	clients      slots[client]
+	clientsByKey map[clientKey]int32
+	allClients   int // distinct remote addresses over all series, this read
 }
 
 func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
@@ -105,6 +130,8 @@ func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
 		conns:       make(map[uint64]int32),
 		queued:      make(map[connKey]int32),
 		seriesByKey: make(map[seriesKey]int32),
+
+		clientsByKey: make(map[clientKey]int32),
 	}
 }
 
@@ -119,9 +146,10 @@ func (t *tracker) begin() {
 	t.listenAny.clear()
 	for _, s := range t.series.items {
 		if s != nil {
-			s.longterm, s.established, s.keep = 0, 0, false
+			s.longterm, s.established, s.clients, s.keep = 0, 0, 0, false
 		}
 	}
+	t.allClients = 0
 }
 
 // observe takes one socket of the current read.
@@ -156,8 +184,7 @@ func (t *tracker) observeEstablished(s *socket) {
 		inode:  s.Inode,
 	}
 	c := &t.cfg
-	if k.lport == c.ownPort || !c.tcpv6 && !k.v4() ||
-		c.port >= 0 && int(k.lport) != c.port && int(k.rport) != c.port {
+	if c.own(&k) || !c.tcpv6 && !k.v4() || !c.hasPort(k.lport) && !c.hasPort(k.rport) {
 		return // can never count: not worth remembering
 	}
 	i, ok := t.lookup(&k)
@@ -277,7 +304,11 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	return connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k)}
+	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k), client: -1}
+	if e.series >= 0 {
+		e.client = t.clientFor(e.series, &k.remote)
+	}
+	return e
 }
 
 // seriesOf returns the index of the series a connection counts in, by the
@@ -287,8 +318,7 @@ func (t *tracker) seriesOf(k *connKey) int32 {
 	if t.listening(k.lport) {
 		key.dir, key.port = dirIn, k.lport
 	}
-	if (key.dir == dirIn && t.cfg.in || key.dir == dirOut && t.cfg.out) &&
-		(t.cfg.port < 0 || int(key.port) == t.cfg.port) {
+	if (key.dir == dirIn && t.cfg.in || key.dir == dirOut && t.cfg.out) && t.cfg.hasPort(key.port) {
 		return t.seriesFor(key)
 	}
 	return -1
@@ -312,7 +342,10 @@ func (t *tracker) recheckOutbound() {
 		if counted {
 			t.uncount(e)
 		}
-		e.series = t.seriesOf(&k)
+		t.releaseClient(e)
+		if e.series = t.seriesOf(&k); e.series >= 0 {
+			e.client = t.clientFor(e.series, &k.remote)
+		}
 		if counted && e.series >= 0 {
 			t.count(e)
 		}
@@ -345,6 +378,7 @@ func (t *tracker) drop(i int32) {
 		v := (t.lastAt - e.first).Seconds()
 		t.series.items[e.series].lifetimes.observe(v)
 		t.total.observe(v)
+		t.releaseClient(e)
 	}
 	t.entries.remove(i)
 }

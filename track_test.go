@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"testing"
@@ -22,6 +23,15 @@ func listener(local string, inode uint64) socket {
 	return sock(local, "[::]:0", stateListen, inode)
 }
 
+// portsOf is the port set of the port setting's list.
+func portsOf(ports ...uint16) *portSet {
+	s := new(portSet)
+	for _, p := range ports {
+		s.add(p)
+	}
+	return s
+}
+
 // row is one series as the tracker counts it.
 type row struct {
 	Key                   string // direction/port/version
@@ -31,11 +41,7 @@ type row struct {
 func rows(tr *tracker) []row {
 	var got []row
 	for _, s := range tr.sorted {
-		v := "4"
-		if s.key.v6 {
-			v = "6"
-		}
-		got = append(got, row{s.key.dir.String() + "/" + strconv.Itoa(int(s.key.port)) + "/" + v, s.longterm, s.established})
+		got = append(got, row{rowKey(s.key), s.longterm, s.established})
 	}
 	return got
 }
@@ -52,7 +58,7 @@ type fakeClock struct{ now time.Duration }
 
 func (c *fakeClock) read() time.Duration { return c.now }
 
-var defaultCfg = trackConfig{duration: 6 * time.Second, port: -1, in: true, tcpv6: true, ownPort: 9690}
+var defaultCfg = trackConfig{duration: 6 * time.Second, in: true, tcpv6: true, ownPort: 9690}
 
 func runSteps(t *testing.T, cfg trackConfig, steps []step) *tracker {
 	t.Helper()
@@ -153,9 +159,11 @@ func TestTrackerDirectionAndFilters(t *testing.T) {
 		{"out", func(c *trackConfig) { c.in, c.out = false, true }, []row{{"out/80/4", 1, 1}}},
 		{"all", func(c *trackConfig) { c.out = true }, []row{
 			{"in/80/4", 2, 2}, {"out/80/4", 1, 1}, {"in/80/6", 1, 1}, {"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
-		{"port", func(c *trackConfig) { c.port = 3838 }, []row{{"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
-		{"port idle", func(c *trackConfig) { c.port = 443; c.out = true }, []row{
+		{"port", func(c *trackConfig) { c.ports = portsOf(3838) }, []row{{"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
+		{"port idle", func(c *trackConfig) { c.ports = portsOf(443); c.out = true }, []row{
 			{"in/443/4", 0, 0}, {"out/443/4", 0, 0}, {"in/443/6", 0, 0}, {"out/443/6", 0, 0}}},
+		{"ports", func(c *trackConfig) { c.ports = portsOf(3838, 443, 80) }, []row{
+			{"in/80/4", 2, 2}, {"in/80/6", 1, 1}, {"in/443/4", 0, 0}, {"in/443/6", 0, 0}, {"in/3838/4", 1, 1}, {"in/3838/6", 1, 1}}},
 		{"no tcpv6 keeps mapped", func(c *trackConfig) { c.tcpv6 = false }, []row{
 			{"in/80/4", 2, 2}, {"in/3838/4", 1, 1}}},
 		{"own port is never counted", func(c *trackConfig) { c.ownPort = 80 }, []row{
@@ -348,4 +356,139 @@ func BenchmarkTrackerObserve50k(b *testing.B) {
 	for b.Loop() {
 		read()
 	}
+}
+
+// clientStep is one read with the distinct clients it should leave: per
+// series (direction/port/version), and over all series for simple mode.
+type clientStep struct {
+	at      time.Duration
+	sockets []socket
+	want    map[string]int
+	wantAll int
+}
+
+func runClientSteps(t *testing.T, cfg trackConfig, steps []clientStep) *tracker {
+	t.Helper()
+	clock := new(fakeClock)
+	tr := newTracker(cfg, clock.read)
+	for i, st := range steps {
+		clock.now = st.at
+		tr.begin()
+		for _, s := range st.sockets {
+			tr.observe(&s)
+		}
+		tr.end()
+		got := make(map[string]int)
+		for _, r := range rows(tr) {
+			got[r.Key] = 0
+		}
+		for _, s := range tr.sorted {
+			got[rowKey(s.key)] += s.clients
+		}
+		if cfg.simple {
+			if tr.allClients != st.wantAll {
+				t.Errorf("step %d (at %s): %d clients in all, want %d", i, st.at, tr.allClients, st.wantAll)
+			}
+			continue
+		}
+		if diff := cmp.Diff(st.want, got); diff != "" {
+			t.Errorf("step %d (at %s): clients mismatch (-want +got):\n%s", i, st.at, diff)
+		}
+	}
+	return tr
+}
+
+// TestTrackerClients: a browser holds several connections; each remote
+// address counts once per series among the long-term connections, and
+// once over all series in simple mode. IPv4-mapped addresses are IPv4.
+func TestTrackerClients(t *testing.T) {
+	var (
+		lis   = listener("0.0.0.0:80", 1)
+		lis6  = listener("[::]:3838", 2)
+		a1    = sock("10.0.0.1:80", "10.0.0.1:50001", stateEstablished, 11) // a browser on the host itself
+		a2    = sock("10.0.0.5:80", "10.0.0.1:50002", stateEstablished, 12)
+		a3    = sock("10.0.0.5:80", "10.0.0.1:50003", stateEstablished, 13)
+		b1    = sock("10.0.0.5:80", "10.0.0.2:50004", stateEstablished, 14)
+		aWS   = sock("[::ffff:10.0.0.5]:3838", "[::ffff:10.0.0.1]:50005", stateEstablished, 15)
+		aWS4  = sock("10.0.0.5:3838", "10.0.0.1:50006", stateEstablished, 16)
+		c6    = sock("[2001:db8::5]:3838", "[2001:db8::1]:50007", stateEstablished, 17)
+		d1    = sock("10.0.0.5:80", "10.0.0.3:50008", stateEstablished, 18)
+		queue = sock("10.0.0.5:80", "10.0.0.4:50009", stateEstablished, 0)
+	)
+	accepted := queue
+	accepted.Inode = 19
+	all := []socket{lis, lis6, a1, a2, a3, b1, aWS, aWS4, c6}
+	steps := []clientStep{
+		{at: 0, sockets: append(all, queue),
+			want: map[string]int{"in/80/4": 0, "in/3838/4": 0, "in/3838/6": 0}, wantAll: 0},
+		{at: 6 * time.Second, sockets: append(all, queue, accepted), // listed both ways: one connection
+			want: map[string]int{"in/80/4": 3, "in/3838/4": 1, "in/3838/6": 1}, wantAll: 4},
+		{at: 7 * time.Second, sockets: []socket{lis, lis6, a3, b1, aWS, c6, d1, accepted}, // d1 is young
+			want: map[string]int{"in/80/4": 3, "in/3838/4": 1, "in/3838/6": 1}, wantAll: 4},
+		{at: 8 * time.Second, sockets: []socket{lis, lis6, b1, aWS, c6, d1}, // 10.0.0.1 left port 80 only
+			want: map[string]int{"in/80/4": 1, "in/3838/4": 1, "in/3838/6": 1}, wantAll: 3},
+		{at: 13 * time.Second, sockets: []socket{lis, lis6, b1, d1},
+			want: map[string]int{"in/80/4": 2, "in/3838/4": 0, "in/3838/6": 0}, wantAll: 2},
+		{at: 14 * time.Second, sockets: []socket{lis, lis6},
+			want: map[string]int{"in/80/4": 0, "in/3838/4": 0, "in/3838/6": 0}, wantAll: 0},
+	}
+	for _, simple := range []bool{false, true} {
+		t.Run(fmt.Sprintf("simple=%t", simple), func(t *testing.T) {
+			cfg := defaultCfg
+			cfg.simple = simple
+			tr := runClientSteps(t, cfg, steps)
+			if n, m := len(tr.clientsByKey), len(tr.clients.items)-len(tr.clients.free); n != 0 || m != 0 {
+				t.Errorf("%d clients by key, %d in slots after every connection went, want 0", n, m)
+			}
+		})
+	}
+}
+
+// TestTrackerClientsRecheck: a connection first seen as outbound, whose
+// listener the next read lists, moves to its inbound series and takes its
+// client along, even when it is already long-term by then.
+func TestTrackerClientsRecheck(t *testing.T) {
+	cfg := defaultCfg
+	cfg.out, cfg.duration = true, time.Second
+	conn := sock("10.0.0.5:80", "10.0.0.1:50001", stateEstablished, 11)
+	lis := listener("0.0.0.0:80", 1)
+	tr := runClientSteps(t, cfg, []clientStep{
+		{at: 0, sockets: []socket{conn}, want: map[string]int{"out/50001/4": 0}},
+		{at: time.Second, sockets: []socket{lis, conn}, want: map[string]int{"in/80/4": 1}},
+		{at: 2 * time.Second, sockets: []socket{lis}, want: map[string]int{"in/80/4": 0}},
+	})
+	if n := len(tr.clientsByKey); n != 0 {
+		t.Errorf("%d clients kept after the connection went, want 0", n)
+	}
+}
+
+// TestTrackerOwnEnds: neither end of a scrape of the exporter's own
+// listening socket counts, in any direction; a remote exporter on the same
+// port number is outbound traffic like any other.
+func TestTrackerOwnEnds(t *testing.T) {
+	cfg := defaultCfg
+	cfg.out = true
+	lisOwn := listener("0.0.0.0:9690", 1)
+	ends := []socket{
+		lisOwn,
+		sock("127.0.0.1:9690", "127.0.0.1:40001", stateEstablished, 11), // the exporter's end
+		sock("127.0.0.1:40001", "127.0.0.1:9690", stateEstablished, 12), // the scraper's, on loopback
+		sock("[::1]:40002", "[::1]:9690", stateEstablished, 13),
+		sock("[::ffff:127.0.0.2]:40003", "[::ffff:127.0.0.1]:9690", stateEstablished, 14),
+		sock("10.0.0.5:40004", "10.0.0.5:9690", stateEstablished, 15), // to its own address
+		sock("10.0.0.5:40005", "10.0.0.9:9690", stateEstablished, 16), // another host's exporter
+		sock("[2001:db8::5]:40006", "[2001:db8::5]:9690", stateEstablished, 17),
+	}
+	runSteps(t, cfg, []step{
+		{at: 0, sockets: ends, want: []row{{"out/9690/4", 0, 1}}},
+		{at: 6 * time.Second, sockets: ends, want: []row{{"out/9690/4", 1, 1}}},
+	})
+}
+
+func rowKey(k seriesKey) string {
+	v := "4"
+	if k.v6 {
+		v = "6"
+	}
+	return k.dir.String() + "/" + strconv.Itoa(int(k.port)) + "/" + v
 }
