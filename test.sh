@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what the tests run as
-# separate programs (Debian's prometheus for promtool and a real server,
-# iproute2 for ss and network namespaces) when missing, then checks the
-# formatting, vets, lints and runs every test under the race detector,
-# and each fuzzer for a bounded time.
+# The whole test suite, as CI runs it. It installs what the tests run as
+# separate programs when missing: Debian's prometheus (promtool and a real
+# server, 2.x), iproute2 (ss, network namespaces), chromium, r-cran-shiny
+# and nodejs (real browsers on a real Shiny app and a node server), and
+# Prometheus 3 with its promtool, built from the Go module proxy at a
+# pinned version outside the project's go.mod and cached between runs.
+# Then it checks the formatting, vets, lints and runs every test under the
+# race detector, and each fuzzer for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,13 +14,31 @@ need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v ss >/dev/null && command -v ip >/dev/null || need+=(iproute2)
 command -v file >/dev/null || need+=(file)
+command -v chromium >/dev/null || need+=(chromium)
+command -v Rscript >/dev/null && Rscript -e 'library(shiny)' >/dev/null 2>&1 || need+=(r-cran-shiny)
+command -v node >/dev/null || need+=(nodejs)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -eq 0 ]; then
+		echo "== installing ${need[*]}"
 		apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 	else
 		echo "test.sh: not root, cannot install ${need[*]}: the tests that need them will skip" >&2
 	fi
+fi
+
+# Prometheus 3.16.0 is module version v0.316.0.
+prom3=v0.316.0
+prom3_release=3.16.0
+export PROMETHEUS3_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/tcp_established_exporter/prometheus-$prom3"
+if [ ! -x "$PROMETHEUS3_DIR/prometheus" ] || [ ! -x "$PROMETHEUS3_DIR/promtool" ]; then
+	echo "== building Prometheus $prom3_release and promtool into $PROMETHEUS3_DIR"
+	mkdir -p "$PROMETHEUS3_DIR"
+	# Outside the project, so that its go.mod gains nothing.
+	(cd / && GOBIN="$PROMETHEUS3_DIR" go install \
+		-ldflags "-X github.com/prometheus/common/version.Version=$prom3_release" \
+		"github.com/prometheus/prometheus/cmd/prometheus@$prom3" \
+		"github.com/prometheus/prometheus/cmd/promtool@$prom3")
 fi
 
 echo "== gofmt"

@@ -15,18 +15,68 @@ import (
 
 // Integration: a real Prometheus server scrapes the exporter.
 
-// TestPrometheusScrapes has a real Prometheus server scrape the exporter
-// and asks it, through its HTTP API, for the counts of known connections.
+// prometheusVersion is one Prometheus release the tests run: Debian's 2.x
+// from PATH and 3.x, which test.sh builds from the Go module proxy.
+type prometheusVersion struct {
+	name string // "2" or "3"
+	dir  string // holding prometheus and promtool; "" for PATH
+}
+
+// prometheus3Version is the module version test.sh builds; the cache
+// directory is named after it.
+const prometheus3Version = "v0.316.0"
+
+// prometheusVersions lists both releases, or skips (fails in CI) where one
+// is missing.
+func prometheusVersions(t *testing.T) []prometheusVersion {
+	t.Helper()
+	dir := os.Getenv("PROMETHEUS3_DIR")
+	if dir == "" {
+		cache, err := os.UserCacheDir()
+		if err != nil {
+			skipWithout(t, "no cache directory for Prometheus 3: %v", err)
+		}
+		dir = filepath.Join(cache, "tcp_established_exporter", "prometheus-"+prometheus3Version)
+	}
+	for _, tool := range []string{"prometheus", "promtool"} {
+		if _, err := os.Stat(filepath.Join(dir, tool)); err != nil {
+			skipWithout(t, "Prometheus 3 is not built (test.sh builds it into %s): %v", dir, err)
+		}
+	}
+	return []prometheusVersion{{"2", ""}, {"3", dir}}
+}
+
+// tool returns the path of a program of this release.
+func (v prometheusVersion) tool(t *testing.T, name string) string {
+	if v.dir == "" {
+		return lookPath(t, name)
+	}
+	return filepath.Join(v.dir, name)
+}
+
+// TestPrometheusScrapes has a real Prometheus server of each release
+// scrape the exporter and asks it, through its HTTP API, for the counts of
+// known connections: Prometheus 3 negotiates OpenMetrics first and fails a
+// scrape whose Content-Type it does not know.
 func TestPrometheusScrapes(t *testing.T) {
-	prometheus := lookPath(t, "prometheus")
+	for _, v := range prometheusVersions(t) {
+		t.Run("prometheus"+v.name, func(t *testing.T) { prometheusScrapes(t, v) })
+	}
+}
+
+func prometheusScrapes(t *testing.T, v prometheusVersion) {
+	prometheus := v.tool(t, "prometheus")
 	// Port A listens on [::], dual-stack: its IPv4 clients show in tcp6 as
-	// ::ffff:127.0.0.1 and still count as tcp_version 4.
+	// ::ffff:127.0.0.1 and still count as tcp_version 4. Port C is listed
+	// but has no listener: its zero series exist all the same.
 	a := listenLoopback(t, "tcp", "[::]:0")
 	b := listenLoopback(t, "tcp", "127.0.0.1:0")
+	c := freePort(t)
 	a4 := dial(t, 3, "tcp", hostPort("127.0.0.1", a.port))
 	dial(t, 2, "tcp", hostPort("::1", a.port))
 	b4 := dial(t, 1, "tcp", hostPort("127.0.0.1", b.port))
-	x := startBinary(t, nil, "-duration", "1s", "-interval", "100ms")
+	x := startBinary(t, nil, "-duration", "1s", "-interval", "100ms",
+		"-port", fmt.Sprintf("%d,%d,%d", a.port, b.port, c))
 
 	dir := t.TempDir() // removed after the server is stopped: cleanups run last first
 	config := filepath.Join(dir, "prometheus.yml")
@@ -58,16 +108,27 @@ scrape_configs:
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	t.Logf("Prometheus %s", promBuildVersion(t, base))
 
 	waitForEqual(t, "Prometheus to scrape the exporter", map[string]float64{"": 1},
 		promQuery(base, `up{job="tee"}`))
-	query := fmt.Sprintf(`netstat_tcp_longterm_connections_total{job="tee",port=~"%d|%d"}`, a.port, b.port)
 	series := func(port int, v string) string { return fmt.Sprintf("port=%d,tcp_version=%s", port, v) }
+	ports := fmt.Sprintf(`job="tee",port=~"%d|%d|%d"`, a.port, b.port, c)
 	waitForEqual(t, "Prometheus to see the long-term connections", map[string]float64{
 		series(a.port, "4"): 3,
 		series(a.port, "6"): 2,
 		series(b.port, "4"): 1,
-	}, promQuery(base, query, "port", "tcp_version"))
+		series(c, "4"):      0,
+		series(c, "6"):      0,
+	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
+	// The clients: 127.0.0.1 and ::1, one a series.
+	waitForEqual(t, "Prometheus to see the clients", map[string]float64{
+		series(a.port, "4"): 1,
+		series(a.port, "6"): 1,
+		series(b.port, "4"): 1,
+		series(c, "4"):      0,
+		series(c, "6"):      0,
+	}, promQuery(base, "netstat_tcp_longterm_clients{"+ports+"}", "port", "tcp_version"))
 
 	a4[0].Close()
 	a4[1].Close()
@@ -77,7 +138,64 @@ scrape_configs:
 		series(a.port, "4"): 1,
 		series(a.port, "6"): 2,
 		series(b.port, "4"): 0,
-	}, promQuery(base, query, "port", "tcp_version"))
+		series(c, "4"):      0,
+		series(c, "6"):      0,
+	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
+	waitForEqual(t, "Prometheus to see the lifetimes of the closed connections", map[string]float64{
+		series(a.port, "4"): 2,
+		series(a.port, "6"): 0,
+		series(b.port, "4"): 1,
+		series(c, "4"):      0,
+		series(c, "6"):      0,
+	}, promQuery(base, "netstat_tcp_connection_lifetime_seconds_count{"+ports+"}", "port", "tcp_version"))
+	waitForEqual(t, "the histogram's buckets to be cumulative up to +Inf", map[string]float64{"le=+Inf": 2, "le=1": 0},
+		promQuery(base, fmt.Sprintf(`netstat_tcp_connection_lifetime_seconds_bucket{job="tee",port="%d",tcp_version="4",le=~"1|\\+Inf"}`, a.port), "le"))
+	if health, lastErr := promTarget(t, base); health != "up" || lastErr != "" {
+		t.Errorf("target health %q, last scrape error %q; want up and none", health, lastErr)
+	}
+}
+
+// promBuildVersion asks a Prometheus server its version.
+func promBuildVersion(t *testing.T, base string) string {
+	t.Helper()
+	var r struct {
+		Data struct {
+			Version string `json:"version"`
+		} `json:"data"`
+	}
+	promGet(t, base+"/api/v1/status/buildinfo", &r)
+	return r.Data.Version
+}
+
+// promTarget returns the health and last scrape error of the one target.
+func promTarget(t *testing.T, base string) (health, lastError string) {
+	t.Helper()
+	var r struct {
+		Data struct {
+			ActiveTargets []struct {
+				Health    string `json:"health"`
+				LastError string `json:"lastError"`
+			} `json:"activeTargets"`
+		} `json:"data"`
+	}
+	promGet(t, base+"/api/v1/targets", &r)
+	if n := len(r.Data.ActiveTargets); n != 1 {
+		t.Fatalf("%d active targets, want 1", n)
+	}
+	return r.Data.ActiveTargets[0].Health, r.Data.ActiveTargets[0].LastError
+}
+
+func promGet(t *testing.T, u string, v any) {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("%s: %s: %v", u, resp.Status, err)
+	}
 }
 
 // promQuery returns a got function for waitForEqual that runs an instant

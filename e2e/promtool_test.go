@@ -15,7 +15,12 @@ import (
 // IPv4 and IPv6 connections open, long-term, and one of them closed so
 // that the lifetime histogram has an observation.
 func TestPromtoolCheckMetrics(t *testing.T) {
-	promtool := lookPath(t, "promtool")
+	for _, v := range prometheusVersions(t) {
+		t.Run("promtool"+v.name, func(t *testing.T) { promtoolCheckMetrics(t, v.tool(t, "promtool")) })
+	}
+}
+
+func promtoolCheckMetrics(t *testing.T, promtool string) {
 	tests := []struct {
 		name string
 		args func(p4, p6 int) []string
