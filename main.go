@@ -80,8 +80,13 @@ func buildVersion() string {
 // serve reads the tables every interval and serves HTTP on ln until ctx is
 // done; then it lets the scrapes in flight finish.
 func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger) error {
+	g, err := newGuard(s, logger) // TLS and token, read again: they may have changed since loadSettings
+	if err != nil {
+		return err
+	}
 	own := uint16(ln.Addr().(*net.TCPAddr).Port)
 	x := newExporter(s, own, logger)
+	x.reloadErrors = &g.reloadErrors
 	x.poll() // the first scrape finds counts
 	loopDone := make(chan struct{})
 	loopCtx, stopLoop := context.WithCancel(ctx)
@@ -92,17 +97,24 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 	defer func() { stopLoop(); <-loopDone }()
 
 	srv := &http.Server{
-		Handler:           x.handler(),
+		Handler:           x.handler(g),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          logger,
+		TLSConfig:         g.tlsConfig(), // nil without TLS
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	logger.Printf("tcp_established_exporter %s listening on %s; %s", buildVersion(), ln.Addr(), s)
+	go func() {
+		if srv.TLSConfig != nil {
+			errc <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
+	logger.Printf("tcp_established_exporter %s listening on %s://%s; %s", buildVersion(), g.scheme(), ln.Addr(), s)
 	select {
 	case err := <-errc:
 		return err
@@ -114,8 +126,10 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 }
 
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
-		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%d listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s"+
+		" tls-cert=%s tls-key=%s tls-client-ca=%s auth-token-file=%s",
+		s.simple, s.tcpv6, s.port, s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf,
+		s.tlsCert.path, s.tlsKey.path, s.tlsClientCA.path, s.authTokenFile.path)
 }
 
 // loop reads the tables every interval until ctx is done. It owns the
@@ -138,12 +152,14 @@ func (x *exporter) loop(ctx context.Context) {
 	}
 }
 
-func (x *exporter) handler() http.Handler {
+// handler serves the routes; g guards /metrics alone, so that kubelet
+// probes of /healthz need neither client certificate nor token.
+func (x *exporter) handler(g *guard) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", x.serveMetrics)
+	mux.Handle("GET /metrics", g.metrics(http.HandlerFunc(x.serveMetrics)))
 	mux.HandleFunc("GET /healthz", x.serveHealth)
 	mux.HandleFunc("GET /{$}", x.serveIndex)
-	return mux
+	return nosniff(mux)
 }
 
 // compressor is the one gzip writer of the process: each costs 1.2 MB,
