@@ -543,6 +543,8 @@ func TestSecureInFlightLimit(t *testing.T) {
 	if diff := cmp.Diff(map[int]int{200: maxInFlight, 503: n - maxInFlight}, codes); diff != "" || len(errs) > 0 {
 		t.Errorf("statuses mismatch (-want +got):\n%s\nerrors: %q", diff, errs)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	if inside != maxInFlight {
 		t.Errorf("%d scrapes reached the handler, want %d", inside, maxInFlight)
 	}
@@ -675,6 +677,9 @@ func TestSecureRotation(t *testing.T) {
 
 	waitSerial := func(want *big.Int) {
 		t.Helper()
+		defer func(start time.Time) {
+			t.Logf("the handshake presented serial %v after %s", want, time.Since(start).Round(time.Millisecond))
+		}(time.Now())
 		secureWait(t, 10*time.Second, "the handshake presents serial "+want.String(), func() (bool, string) {
 			got, err := p.presentedSerial(addr)
 			return err == nil && got.Cmp(want) == 0, fmt.Sprintf("serial %v, %v", got, err)
