@@ -14,12 +14,14 @@ import (
 	"sync"
 )
 
-func (x *exporter) handler() http.Handler {
+// handler serves the routes; g guards /metrics alone, so that kubelet
+// probes of /healthz need neither client certificate nor token.
+func (x *exporter) handler(g *guard) http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /metrics", x.serveMetrics)
+	mux.Handle("GET /metrics", g.metrics(http.HandlerFunc(x.serveMetrics)))
 	mux.HandleFunc("GET /healthz", x.serveHealth)
 	mux.HandleFunc("GET /{$}", x.serveIndex)
-	return mux
+	return nosniff(mux)
 }
 
 // compressor is the one gzip writer of the process: each costs 1.2 MB,

@@ -74,8 +74,13 @@ func buildVersion() string {
 // serve reads the tables every interval and serves HTTP on ln until ctx is
 // done; then it lets the scrapes in flight finish.
 func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger) error {
+	g, err := newGuard(s, logger) // TLS and token, read again: they may have changed since loadSettings
+	if err != nil {
+		return err
+	}
 	own := uint16(ln.Addr().(*net.TCPAddr).Port)
 	x := newExporter(s, own, logger)
+	x.reloadErrors = &g.reloadErrors
 	x.poll() // the first scrape finds counts
 	loopDone := make(chan struct{})
 	loopCtx, stopLoop := context.WithCancel(ctx)
@@ -86,17 +91,24 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 	defer func() { stopLoop(); <-loopDone }()
 
 	srv := &http.Server{
-		Handler:           x.handler(),
+		Handler:           x.handler(g),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    8 << 10,
 		ErrorLog:          logger,
+		TLSConfig:         g.tlsConfig(), // nil without TLS
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	logger.Printf("tcp_established_exporter %s listening on %s; %s", buildVersion(), ln.Addr(), s)
+	go func() {
+		if srv.TLSConfig != nil {
+			errc <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
+	logger.Printf("tcp_established_exporter %s listening on %s://%s; %s", buildVersion(), g.scheme(), ln.Addr(), s)
 	select {
 	case err := <-errc:
 		return err

@@ -35,6 +35,8 @@ type exporter struct {
 	err   error      // the last read's error, nil when it succeeded
 
 	gzip compressor
+
+	reloadErrors *atomic.Uint64 // of the TLS and token files, counted by the guard; nil without
 }
 
 // body is a rendered /metrics body. Scrapes hold a reference while they
@@ -286,7 +288,13 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendHeader(b, lastReadName, "How long the last read of the connection tables took", "gauge")
 	b = appendFloatSample(b, lastReadName, nil, took.Seconds())
 	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
-	return appendIntSample(b, trackedName, nil, x.tr.tracked())
+	b = appendIntSample(b, trackedName, nil, x.tr.tracked())
+	b = appendHeader(b, reloadErrsName, "Reloads of the TLS and token files that failed and kept the last good ones", "counter")
+	var reloadErrors uint64
+	if x.reloadErrors != nil {
+		reloadErrors = x.reloadErrors.Load()
+	}
+	return appendIntSample(b, reloadErrsName, nil, int(reloadErrors))
 }
 
 // buildLabels are the labels of the build info, made once.

@@ -26,12 +26,18 @@ type settings struct {
 	procfs    string
 	source    string // auto, netlink or proc
 	conf      string
+
+	// The files of secure scraping (SPEC section 10), with where each
+	// was set; see secure.go.
+	tlsCert, tlsKey, tlsClientCA, authTokenFile fileSetting
 }
 
 // String is the one-line form the start-up log and the index page show.
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s",
-		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf)
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s"+
+		" tls-cert=%s tls-key=%s tls-client-ca=%s auth-token-file=%s",
+		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf,
+		s.tlsCert.path, s.tlsKey.path, s.tlsClientCA.path, s.authTokenFile.path)
 }
 
 // setting describes one setting: its names, default and how to take a value.
@@ -60,6 +66,14 @@ var allSettings = []setting{
 		func(s *settings, v string) (err error) { s.procfs, err = parsePath(v); return }},
 	{"source", "SOURCE", "auto", "where connections are read: netlink (sock_diag), proc (procfs/net/tcp{,6}), or auto: netlink when procfs is /proc", false,
 		func(s *settings, v string) (err error) { s.source, err = parseSource(v); return }},
+	{"tls-cert", "TLS_CERT", "", "PEM certificate chain file; with tls-key, serve HTTPS only", false,
+		func(s *settings, v string) error { s.tlsCert.path = v; return nil }},
+	{"tls-key", "TLS_KEY", "", "PEM private key file of tls-cert", false,
+		func(s *settings, v string) error { s.tlsKey.path = v; return nil }},
+	{"tls-client-ca", "TLS_CLIENT_CA", "", "PEM CA bundle: /metrics requires a client certificate it verifies", false,
+		func(s *settings, v string) error { s.tlsClientCA.path = v; return nil }},
+	{"auth-token-file", "AUTH_TOKEN_FILE", "", "file whose first line is a bearer token: /metrics requires Authorization: Bearer <token>", false,
+		func(s *settings, v string) error { s.authTokenFile.path = v; return nil }},
 }
 
 // confNames are the names of the configuration file setting, which can be
@@ -144,6 +158,7 @@ func loadSettings(args []string, getenv func(string) string) (*settings, error) 
 			if err := st.set(s, v); err != nil {
 				return nil, &settingError{name: st.name, value: v, source: "env " + st.env, err: err}
 			}
+			s.noteSource(st.name, "env "+st.env, 0)
 		}
 	}
 	for _, st := range allSettings {
@@ -151,7 +166,11 @@ func loadSettings(args []string, getenv func(string) string) (*settings, error) 
 			if err := st.set(s, v); err != nil {
 				return nil, &settingError{name: st.name, value: v, source: "flag -" + st.name, err: err}
 			}
+			s.noteSource(st.name, "flag -"+st.name, 0)
 		}
+	}
+	if _, err := loadCredentials(s); err != nil { // the files are read again when serving
+		return nil, err
 	}
 	return s, nil
 }
@@ -218,6 +237,7 @@ func (s *settings) applyConf(path string, data []byte) error {
 		if err := st.set(s, value); err != nil {
 			return &settingError{name: st.name, value: value, source: path, line: n, err: err}
 		}
+		s.noteSource(st.name, path, n)
 	}
 	return nil
 }
@@ -259,7 +279,11 @@ func printUsage(w io.Writer) {
 		"and serves the counts to Prometheus. Every setting can be given as a flag,\n"+
 		"an environment variable or a line of the configuration file, in that precedence.\n\n")
 	for _, st := range allSettings {
-		fmt.Fprintf(w, "  -%s (env %s, default %s)\n    \t%s\n", st.name, st.env, st.def, st.usage)
+		def := st.def
+		if def == "" {
+			def = "none"
+		}
+		fmt.Fprintf(w, "  -%s (env %s, default %s)\n    \t%s\n", st.name, st.env, def, st.usage)
 	}
 	fmt.Fprintf(w, "  -conf, -config (env CONF, CONFIG, default none)\n    \tpath of a configuration file: `name value` a line\n")
 	fmt.Fprintf(w, "  -version\n    \tprint the version and exit\n")
