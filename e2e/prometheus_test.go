@@ -68,7 +68,8 @@ func prometheusScrapes(t *testing.T, v prometheusVersion) {
 	prometheus := v.tool(t, "prometheus")
 	// Port A listens on [::], dual-stack: its IPv4 clients show in tcp6 as
 	// ::ffff:127.0.0.1 and still count as tcp_version 4. Port C is listed
-	// but has no listener: its zero series exist all the same.
+	// but has no listener: its zero series exist all the same. A listed
+	// port has the series of both IP versions.
 	a := listenLoopback(t, "tcp", "[::]:0")
 	b := listenLoopback(t, "tcp", "127.0.0.1:0")
 	c := freePort(t)
@@ -118,6 +119,7 @@ scrape_configs:
 		series(a.port, "4"): 3,
 		series(a.port, "6"): 2,
 		series(b.port, "4"): 1,
+		series(b.port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
@@ -126,6 +128,7 @@ scrape_configs:
 		series(a.port, "4"): 1,
 		series(a.port, "6"): 1,
 		series(b.port, "4"): 1,
+		series(b.port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_clients{"+ports+"}", "port", "tcp_version"))
@@ -138,6 +141,7 @@ scrape_configs:
 		series(a.port, "4"): 1,
 		series(a.port, "6"): 2,
 		series(b.port, "4"): 0,
+		series(b.port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
@@ -145,11 +149,16 @@ scrape_configs:
 		series(a.port, "4"): 2,
 		series(a.port, "6"): 0,
 		series(b.port, "4"): 1,
+		series(b.port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_connection_lifetime_seconds_count{"+ports+"}", "port", "tcp_version"))
-	waitForEqual(t, "the histogram's buckets to be cumulative up to +Inf", map[string]float64{"le=+Inf": 2, "le=1": 0},
-		promQuery(base, fmt.Sprintf(`netstat_tcp_connection_lifetime_seconds_bucket{job="tee",port="%d",tcp_version="4",le=~"1|\\+Inf"}`, a.port), "le"))
+	// Prometheus 3 writes the le label as a float ("1.0"), 2 as given.
+	bucket := fmt.Sprintf(`netstat_tcp_connection_lifetime_seconds_bucket{job="tee",port="%d",tcp_version="4",le=~"%%s"}`, a.port)
+	waitForEqual(t, "the +Inf bucket to hold both lifetimes", map[string]float64{"": 2},
+		promQuery(base, fmt.Sprintf(bucket, `\\+Inf`)))
+	waitForEqual(t, "the le=1 bucket to hold neither: both lived longer", map[string]float64{"": 0},
+		promQuery(base, fmt.Sprintf(bucket, `1|1\\.0`)))
 	if health, lastErr := promTarget(t, base); health != "up" || lastErr != "" {
 		t.Errorf("target health %q, last scrape error %q; want up and none", health, lastErr)
 	}
