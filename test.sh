@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests run as
 # separate programs (Debian's prometheus for promtool and a real server,
-# iproute2 for ss and network namespaces) when missing, then checks the
-# formatting, vets, lints and runs every test under the race detector,
-# and each fuzzer for a bounded time.
+# iproute2 for ss and network namespaces, qemu-user-static for the other
+# architectures' binaries, systemd for systemd-analyze) when missing, then
+# checks the formatting, vets, lints the code and the CI workflow, checks
+# the systemd unit, runs every test under the race detector, and each
+# fuzzer for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -11,6 +13,10 @@ need=()
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 command -v ss >/dev/null && command -v ip >/dev/null || need+=(iproute2)
 command -v file >/dev/null || need+=(file)
+command -v git >/dev/null || need+=(git)
+command -v qemu-aarch64-static >/dev/null && command -v qemu-arm-static >/dev/null &&
+	command -v qemu-riscv64-static >/dev/null && command -v qemu-s390x-static >/dev/null || need+=(qemu-user-static)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -eq 0 ]; then
 		apt-get update -qq
@@ -30,6 +36,11 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+echo "== actionlint"
+workflow=$PWD/.github/workflows/ci.yml # run outside go.mod, which it must not touch
+(cd "${TMPDIR:-/tmp}" && go run github.com/rhysd/actionlint/cmd/actionlint@v1.7.12 "$workflow")
+echo "== systemd unit"
+deploy/systemd/check.sh
 echo "== go test -race"
 go test -race -count=1 -timeout 30m ./...
 echo "== fuzz"

@@ -8,6 +8,13 @@ cd "$(dirname "$0")"
 unit=tcp_established_exporter.service
 max=1.5
 
+if ! command -v systemd-analyze >/dev/null; then
+	# test.sh installs it as root; in CI nothing may skip.
+	echo "check.sh: systemd-analyze not installed: the unit is not checked" >&2
+	[ "${CI:-}" != true ] || exit 1
+	exit 0
+fi
+
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 mkdir -p "$root/etc/systemd/system" "$root/usr/local/bin" "$root/usr/lib/systemd"
