@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // Wire constants from linux/netlink.h, linux/sock_diag.h and linux/inet_diag.h.
@@ -212,8 +211,7 @@ func (d *diagSource) send(family uint8, states uint32, ports []uint16) error {
 // datagram's full length, so a truncated read is detected, not misparsed.
 func (d *diagSource) recv() (int, error) {
 	for {
-		n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, uintptr(d.fd),
-			uintptr(unsafe.Pointer(&d.buf[0])), uintptr(len(d.buf)), syscall.MSG_TRUNC, 0, 0)
+		n, errno := recvfrom(d.fd, d.buf, syscall.MSG_TRUNC)
 		switch {
 		case errno == syscall.EINTR:
 			continue
@@ -221,10 +219,10 @@ func (d *diagSource) recv() (int, error) {
 			return 0, fmt.Errorf("recv: no reply within %v: %w", diagTimeout, errno)
 		case errno != 0:
 			return 0, fmt.Errorf("recv: %w", errno)
-		case int(n) > len(d.buf):
+		case n > len(d.buf):
 			return 0, fmt.Errorf("%w: %d bytes", errDiagOverflow, n)
 		}
-		return int(n), nil
+		return n, nil
 	}
 }
 

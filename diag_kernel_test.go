@@ -231,6 +231,30 @@ func TestDiagDumpRecovers(t *testing.T) {
 	}
 }
 
+// TestDiagDumpAllocs: a warm dump allocates nothing, on every architecture's
+// receive path (recvfrom, or socketcall on 386 and s390x).
+func TestDiagDumpAllocs(t *testing.T) {
+	n := diagOpenTestNet(t)
+	d := newTestDiagSource(t)
+	count := 0
+	fn := func(*socket) { count++ }
+	for _, ports := range [][]uint16{nil, {n.port4}, {n.port6, n.port4, n.portDual}} {
+		if err := d.dump(ports, fn); err != nil {
+			t.Fatal(err)
+		}
+		if allocs := testing.AllocsPerRun(10, func() {
+			if err := d.dump(ports, fn); err != nil {
+				t.Fatal(err)
+			}
+		}); allocs != 0 {
+			t.Errorf("dump(%v) allocates %v times, want 0", ports, allocs)
+		}
+	}
+	if count == 0 {
+		t.Error("the dumps listed no socket")
+	}
+}
+
 // BenchmarkDiagDump dumps the real table, and a table of 10,000 established
 // sockets (5,000 loopback connections), against reading /proc the same way.
 func BenchmarkDiagDump(b *testing.B) {

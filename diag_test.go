@@ -36,6 +36,9 @@ func diagRead(tb testing.TB, name string) []byte {
 	if err != nil {
 		tb.Fatalf("%v (regenerate with go test -run ParseDiagGolden -capture-netlink)", err)
 	}
+	if strings.HasSuffix(name, ".bin") {
+		b = diagLayout(b, bigEndian)
+	}
 	return b
 }
 

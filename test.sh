@@ -2,11 +2,13 @@
 # The whole test suite, as CI runs it. It installs what the tests run as
 # separate programs when missing: Debian's prometheus (promtool and a real
 # server, 2.x), iproute2 (ss, network namespaces), chromium, r-cran-shiny
-# and nodejs (real browsers on a real Shiny app and a node server), and
-# Prometheus 3 with its promtool, built from the Go module proxy at a
-# pinned version outside the project's go.mod and cached between runs.
-# Then it checks the formatting, vets, lints and runs every test under the
-# race detector, and each fuzzer for a bounded time.
+# and nodejs (real browsers on a real Shiny app and a node server),
+# qemu-user-static (the other architectures' binaries), systemd (for
+# systemd-analyze), git and curl; and Prometheus 3 with its promtool, built
+# from the Go module proxy at a pinned version outside the project's go.mod
+# and cached between runs. Then it checks the formatting, vets, lints the
+# code and the CI workflow, checks the systemd unit, runs every test under
+# the race detector, and each fuzzer for a bounded time.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +19,11 @@ command -v file >/dev/null || need+=(file)
 command -v chromium >/dev/null || need+=(chromium)
 command -v Rscript >/dev/null && Rscript -e 'library(shiny)' >/dev/null 2>&1 || need+=(r-cran-shiny)
 command -v node >/dev/null || need+=(nodejs)
+command -v git >/dev/null || need+=(git)
+command -v curl >/dev/null || need+=(curl)
+command -v qemu-aarch64-static >/dev/null && command -v qemu-arm-static >/dev/null &&
+	command -v qemu-riscv64-static >/dev/null && command -v qemu-s390x-static >/dev/null || need+=(qemu-user-static)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -eq 0 ]; then
 		echo "== installing ${need[*]}"
@@ -51,6 +58,11 @@ echo "== go vet"
 go vet ./...
 echo "== staticcheck"
 go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+echo "== actionlint"
+workflow=$PWD/.github/workflows/ci.yml # run outside go.mod, which it must not touch
+(cd "${TMPDIR:-/tmp}" && go run github.com/rhysd/actionlint/cmd/actionlint@v1.7.12 "$workflow")
+echo "== systemd unit"
+deploy/systemd/check.sh
 echo "== go test -race"
 go test -race -count=1 -timeout 30m ./...
 echo "== fuzz"

@@ -1,0 +1,494 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The binaries of other architectures: the release build is reproducible,
+// the arm64, arm v7 and riscv64 binaries count real connections under
+// qemu-user, the 386 binary (sockets through socketcall) runs natively, and
+// the s390x parsers read big-endian fixtures under qemu.
+//
+// The helpers are prefixed arch and kept in this file.
+
+// archNeed skips a test that needs what this machine lacks; in CI, where
+// test.sh installs qemu and runs as root, it fails instead.
+func archNeed(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI must run this test: "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// archTool returns the path of a program the test needs.
+func archTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		archNeed(t, "needs %s (./test.sh installs it as root): %v", name, err)
+	}
+	return path
+}
+
+// archRepo is the top of the repository, the parent of e2e.
+func archRepo(t *testing.T) string {
+	t.Helper()
+	dir, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// archRun runs a command in dir and returns its standard output.
+func archRun(t *testing.T, dir string, env []string, name string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s %s in %s: %v\n%s%s", name, strings.Join(args, " "), dir, err, out, stderr.Bytes())
+	}
+	return string(out)
+}
+
+// archBuild builds the exporter of the working tree for target (a name
+// of dist.sh: arm64, armv7, 386 ...) into dir, with the release flags.
+func archBuild(t *testing.T, dir, target string) string {
+	t.Helper()
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + target}
+	if v, ok := strings.CutPrefix(target, "armv"); ok {
+		env = []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm", "GOARM=" + v}
+	}
+	bin := filepath.Join(dir, "tcp_established_exporter-"+target)
+	archRun(t, archRepo(t), env, "go", "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid=", "-o", bin, ".")
+	return bin
+}
+
+// archSHA256 is the hex SHA-256 of a file.
+func archSHA256(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// TestArchReproducible runs dist.sh for amd64 and arm64 in two fresh clones
+// of the repository, in directories of different names and depths; the
+// second builds with an empty build cache, so that nothing the first
+// compiled is reused. The binaries must be byte-identical. The clones hold
+// the last commit, not uncommitted changes.
+func TestArchReproducible(t *testing.T) {
+	archTool(t, "git")
+	repo := archRepo(t)
+	if _, err := os.Stat(filepath.Join(repo, ".git")); err != nil {
+		archNeed(t, "needs a git checkout to clone: %v", err)
+	}
+	if dirty := archRun(t, repo, nil, "git", "status", "--porcelain", "--untracked-files=no"); dirty != "" {
+		t.Logf("uncommitted changes are not in the clones:\n%s", dirty)
+	}
+	top := t.TempDir()
+	builds := []struct {
+		dir string
+		env []string
+	}{
+		{filepath.Join(top, "one"), nil},
+		{filepath.Join(top, "two", "a", "deeper", "checkout"), []string{"GOCACHE=" + filepath.Join(top, "gocache")}},
+	}
+	sums := make([]map[string]string, len(builds))
+	for i, b := range builds {
+		archRun(t, top, nil, "git", "clone", "--quiet", repo, b.dir)
+		start := time.Now()
+		archRun(t, b.dir, b.env, "./dist.sh", "amd64", "arm64")
+		t.Logf("dist.sh amd64 arm64 in %s: %v", b.dir, time.Since(start).Round(time.Second))
+		sums[i] = make(map[string]string)
+		paths, _ := filepath.Glob(filepath.Join(b.dir, "dist", "tcp_established_exporter-*"))
+		for _, p := range paths {
+			sums[i][filepath.Base(p)] = archSHA256(t, p)
+		}
+		if len(sums[i]) != 2 {
+			t.Fatalf("%s/dist holds %v, want two binaries", b.dir, paths)
+		}
+		data, err := os.ReadFile(filepath.Join(b.dir, "dist", "SHA256SUMS"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, sum := range sums[i] {
+			if !strings.Contains(string(data), sum+"  "+name+"\n") {
+				t.Errorf("%s/dist/SHA256SUMS lacks %s  %s:\n%s", b.dir, sum, name, data)
+			}
+		}
+	}
+	for name, sum := range sums[0] {
+		t.Logf("%s %s", sum, name)
+		if other := sums[1][name]; other != sum {
+			t.Errorf("%s: sha256 %s in the first clone, %q in the second", name, sum, other)
+		}
+	}
+}
+
+// archProc is an exporter started by a test.
+type archProc struct {
+	cmd    *exec.Cmd
+	url    string
+	stderr *archBuffer
+	done   chan struct{}
+}
+
+// archBuffer is a bytes.Buffer safe for a process writing and a test reading.
+type archBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *archBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *archBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// archFreePort is a TCP port that was free a moment ago on 127.0.0.1.
+func archFreePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// archStart runs argv, the exporter listening on 127.0.0.1:port, in a
+// process group of its own that the test kills at its end.
+func archStart(t *testing.T, port int, argv ...string) *archProc {
+	t.Helper()
+	p := &archProc{url: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: new(archBuffer), done: make(chan struct{})}
+	p.cmd = exec.Command(argv[0], argv[1:]...)
+	p.cmd.Stderr = p.stderr
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.done
+		}
+	})
+	return p
+}
+
+// get fetches path; ok is false while the exporter does not answer.
+func (p *archProc) get(t *testing.T, path string) (status int, body string, ok bool) {
+	t.Helper()
+	select {
+	case <-p.done:
+		t.Fatalf("the exporter exited: %v\n%s", p.cmd.ProcessState, p.stderr)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", p.url+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", false
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(data), err == nil
+}
+
+// archWait polls cond, which says what is still wrong ("" when nothing),
+// until it holds or timeout passes.
+func archWait(t *testing.T, timeout time.Duration, what string, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		wrong := cond()
+		if wrong == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, wrong)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// archSample is the value of the sample name{labels} in a text-format body.
+func archSample(body, name, labels string) (float64, bool) {
+	prefix := name + "{" + labels + "} "
+	if labels == "" {
+		prefix = name + " "
+	}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+			v, err := strconv.ParseFloat(rest, 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
+// archConnect opens n loopback connections to a listener of its own and
+// returns the listener's port; all are closed at the end of the test.
+func archConnect(t *testing.T, n int) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	for range n {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+	}
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// archCase is what one run of an exporter must show.
+type archCase struct {
+	file     string   // the table whose reads_total must rise: tcp or netlink
+	logLine  string   // a start-up line that must be there exactly once
+	noLog    []string // what the log must not have
+	startFor time.Duration
+}
+
+// archCheck runs the core case against the exporter started by start on a
+// free port: three long-lived loopback connections to a port of the
+// test's, counted; /healthz ok; the source's read counter rising; the
+// start-up line once; SIGTERM ends it with status 0.
+func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *archProc) {
+	const conns = 3
+	service := archConnect(t, conns)
+	port := archFreePort(t)
+	p := start(port, "-listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"-port", strconv.Itoa(service), "-duration", "500ms", "-interval", "200ms")
+	archWait(t, c.startFor, "/healthz to answer ok", func() string {
+		status, body, ok := p.get(t, "/healthz")
+		if !ok || status != http.StatusOK || body != "ok\n" {
+			return fmt.Sprintf("status %d %q", status, body)
+		}
+		return ""
+	})
+	labels := fmt.Sprintf(`port="%d",tcp_version="4"`, service)
+	reads := func(body string) float64 {
+		v, _ := archSample(body, "tcp_established_exporter_reads_total", `file="`+c.file+`"`)
+		return v
+	}
+	var firstReads float64
+	archWait(t, 30*time.Second, "the count of the test's connections", func() string {
+		_, body, ok := p.get(t, "/metrics")
+		if !ok {
+			return "no answer"
+		}
+		firstReads = reads(body)
+		for _, name := range []string{"netstat_tcp_longterm_connections_total", "netstat_tcp_established_connections"} {
+			if v, ok := archSample(body, name, labels); !ok || v != conns {
+				return fmt.Sprintf("%s{%s} = %v (%t), want %d", name, labels, v, ok, conns)
+			}
+		}
+		if firstReads < 1 {
+			return fmt.Sprintf(`no read of file="%s" counted`, c.file)
+		}
+		return ""
+	})
+	archWait(t, 30*time.Second, fmt.Sprintf(`reads of file="%s" to rise`, c.file), func() string {
+		_, body, _ := p.get(t, "/metrics")
+		if n := reads(body); n <= firstReads {
+			return fmt.Sprintf("%v reads, %v before", n, firstReads)
+		}
+		return ""
+	})
+	// To the group: unshare passes nothing on, but ignores SIGTERM itself
+	// and exits with its child's status.
+	if err := syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30s after SIGTERM:\n%s", p.stderr)
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+	log := p.stderr.String()
+	if n := strings.Count(log, c.logLine); n != 1 {
+		t.Errorf("the log has %q %d times, want once:\n%s", c.logLine, n, log)
+	}
+	for _, bad := range c.noLog {
+		if strings.Contains(log, bad) {
+			t.Errorf("the log has %q:\n%s", bad, log)
+		}
+	}
+	for line := range strings.Lines(log) {
+		if strings.Contains(line, "reading connections from") || strings.Contains(line, "unavailable") {
+			t.Logf("%s", strings.TrimSpace(line))
+		}
+	}
+}
+
+// TestArchQemu runs the arm64, arm v7 and riscv64 binaries under qemu-user.
+// qemu refuses NETLINK_SOCK_DIAG (EPROTONOSUPPORT), so the exporter must
+// say once that it reads /proc instead, and count from the host kernel's
+// /proc/net/tcp, whose text is right for these little-endian targets.
+func TestArchQemu(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ target, qemu string }{
+		{"arm64", "qemu-aarch64-static"},
+		{"armv7", "qemu-arm-static"},
+		{"riscv64", "qemu-riscv64-static"},
+	} {
+		t.Run(c.target, func(t *testing.T) {
+			qemu := archTool(t, c.qemu)
+			bin := archBuild(t, dir, c.target)
+			archCheck(t, archCase{
+				file:     "tcp",
+				logLine:  "netlink sock_diag unavailable, reading /proc/net/tcp and /proc/net/tcp6 instead",
+				noLog:    []string{"netlink sock_diag failed"},
+				startFor: 60 * time.Second,
+			}, func(port int, args ...string) *archProc {
+				return archStart(t, port, append([]string{qemu, bin}, args...)...)
+			})
+		})
+	}
+}
+
+// TestArch386 runs the 386 binary on this machine's kernel: with netlink,
+// whose receive goes through socketcall(2) on 386, and with /proc; then
+// alone in an empty root as nobody, as the scratch image runs it.
+func TestArch386(t *testing.T) {
+	bin := archBuild(t, t.TempDir(), "386")
+	netlink := archCase{file: "netlink", logLine: "reading connections from netlink sock_diag",
+		noLog: []string{"netlink sock_diag unavailable", "netlink sock_diag failed"}, startFor: 20 * time.Second}
+	t.Run("netlink", func(t *testing.T) {
+		archCheck(t, netlink, func(port int, args ...string) *archProc {
+			return archStart(t, port, append([]string{bin, "-source", "netlink"}, args...)...)
+		})
+	})
+	t.Run("proc", func(t *testing.T) {
+		archCheck(t, archCase{file: "tcp", logLine: "reading connections from /proc/net/tcp and /proc/net/tcp6",
+			noLog: []string{"netlink"}, startFor: 20 * time.Second}, func(port int, args ...string) *archProc {
+			return archStart(t, port, append([]string{bin, "-source", "proc"}, args...)...)
+		})
+	})
+	t.Run("scratch", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			archNeed(t, "needs root to mount /proc and chroot as the scratch image does")
+		}
+		for _, tool := range []string{"unshare", "chroot", "mount"} {
+			archTool(t, tool)
+		}
+		root := t.TempDir()
+		if err := os.Chmod(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "tcp_established_exporter"), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(filepath.Join(root, "proc"), 0o555); err != nil {
+			t.Fatal(err)
+		}
+		archCheck(t, netlink, func(port int, args ...string) *archProc {
+			return archStart(t, port, append([]string{"unshare", "--mount", "--fork", "sh", "-c",
+				`root=$1; shift; mount -t proc proc "$root/proc" && exec chroot --userspec=65534:65534 "$root" /tcp_established_exporter "$@"`,
+				"sh", root, "-source", "auto"}, args...)...)
+		})
+	})
+}
+
+// archS390xTests are the parser tests of package main that read fixtures:
+// on a big-endian host they turn the little-endian captures into the
+// layout that host's kernel writes (see byteorder_test.go).
+var archS390xTests = []string{
+	"TestProcLayout", "TestParseFixtures", "TestParseAddrPort", "TestParseReaders", "TestParseLongLine",
+	"TestParseDiagGolden", "TestParseDiagMessages", "TestParseReplyChecksSeq", "TestPortFilterBytecode",
+}
+
+// TestArchS390xParsers compiles the unit tests of package main for s390x
+// and runs the parser tests under qemu-s390x-static. A big-endian binary
+// cannot be checked against a live kernel here: qemu passes the host's
+// little-endian /proc text through, and refuses NETLINK_SOCK_DIAG; so the
+// s390x build of both parsers reads fixtures in the big-endian layout
+// instead, and must give the goldens that amd64 gives.
+func TestArchS390xParsers(t *testing.T) {
+	qemu := archTool(t, "qemu-s390x-static")
+	test := filepath.Join(t.TempDir(), "main-s390x.test")
+	repo := archRepo(t)
+	archRun(t, repo, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=s390x"}, "go", "test", "-c", "-o", test, ".")
+	head := make([]byte, 6)
+	if f, err := os.Open(test); err != nil {
+		t.Fatal(err)
+	} else {
+		_, err = io.ReadFull(f, head)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if string(head[:4]) != "\x7fELF" || head[5] != 2 { // EI_DATA: ELFDATA2MSB
+		t.Fatalf("%s is not a big-endian ELF file: % x", test, head)
+	}
+	out := archRun(t, repo, nil, qemu, test, "-test.v", "-test.count=1",
+		"-test.run", "^("+strings.Join(archS390xTests, "|")+")$")
+	for _, name := range archS390xTests {
+		if !regexp.MustCompile(`(?m)^--- PASS: ` + name + ` `).MatchString(out) {
+			t.Errorf("%s did not pass under %s:\n%s", name, qemu, out)
+		}
+	}
+	if strings.Contains(out, "--- SKIP") {
+		t.Errorf("a parser test skipped on s390x:\n%s", out)
+	}
+}
