@@ -18,7 +18,10 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 
 version=${VERSION:-$(git describe --tags --always --dirty)}
-max=$((13 << 19)) # 6.5 MiB
+# Every binary stays under 6.5 MiB but mips64le, whose code is the largest
+# and which the TLS server (crypto/tls, x509, the key types: some 420 KB on
+# every architecture) took to 6.9 MiB: it has 7 MiB.
+max_mib() { if [ "$1" = mips64le ]; then echo 7; else echo 6.5; fi; }
 name=tcp_established_exporter
 
 # Only what is set here shapes the binaries: not the user's go env file
@@ -43,8 +46,9 @@ for t in "${targets[@]}"; do
 	GOARCH=$arch go build -trimpath -buildvcs=true \
 		-ldflags="-s -w -buildid= -X main.version=$version" -o "$out" .
 	size=$(wc -c <"$out")
-	if [ "$size" -gt "$max" ]; then
-		echo "dist.sh: $out is $size bytes, more than 6.5 MiB" >&2
+	limit=$(max_mib "$t")
+	if [ "$size" -gt "$(awk -v m="$limit" 'BEGIN { print int(m * 1048576) }')" ]; then
+		echo "dist.sh: $out is $size bytes, more than $limit MiB" >&2
 		exit 1
 	fi
 	printf '%-12s %8d bytes\n' "$t" "$size"
