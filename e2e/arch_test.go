@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,27 +24,7 @@ import (
 // qemu-user, the 386 binary (sockets through socketcall) runs natively, and
 // the s390x parsers read big-endian fixtures under qemu.
 //
-// The helpers are prefixed arch and kept in this file.
-
-// archNeed skips a test that needs what this machine lacks; in CI, where
-// test.sh installs qemu and runs as root, it fails instead.
-func archNeed(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI must run this test: "+format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
-// archTool returns the path of a program the test needs.
-func archTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		archNeed(t, "needs %s (./test.sh installs it as root): %v", name, err)
-	}
-	return path
-}
+// The helpers of this file alone are prefixed arch.
 
 // archRepo is the top of the repository, the parent of e2e.
 func archRepo(t *testing.T) string {
@@ -108,10 +85,10 @@ func archSHA256(t *testing.T, path string) string {
 // compiled is reused. The binaries must be byte-identical. The clones hold
 // the last commit, not uncommitted changes.
 func TestArchReproducible(t *testing.T) {
-	archTool(t, "git")
+	lookPath(t, "git")
 	repo := archRepo(t)
 	if _, err := os.Stat(filepath.Join(repo, ".git")); err != nil {
-		archNeed(t, "needs a git checkout to clone: %v", err)
+		skipWithout(t, "needs a git checkout to clone: %v", err)
 	}
 	if dirty := archRun(t, repo, nil, "git", "status", "--porcelain", "--untracked-files=no"); dirty != "" {
 		t.Logf("uncommitted changes are not in the clones:\n%s", dirty)
@@ -160,44 +137,15 @@ func TestArchReproducible(t *testing.T) {
 type archProc struct {
 	cmd    *exec.Cmd
 	url    string
-	stderr *archBuffer
+	stderr *syncBuffer
 	done   chan struct{}
-}
-
-// archBuffer is a bytes.Buffer safe for a process writing and a test reading.
-type archBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *archBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *archBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// archFreePort is a TCP port that was free a moment ago on 127.0.0.1.
-func archFreePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // archStart runs argv, the exporter listening on 127.0.0.1:port, in a
 // process group of its own that the test kills at its end.
 func archStart(t *testing.T, port int, argv ...string) *archProc {
 	t.Helper()
-	p := &archProc{url: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: new(archBuffer), done: make(chan struct{})}
+	p := &archProc{url: fmt.Sprintf("http://127.0.0.1:%d", port), stderr: new(syncBuffer), done: make(chan struct{})}
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stderr = p.stderr
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -236,63 +184,6 @@ func (p *archProc) get(t *testing.T, path string) (status int, body string, ok b
 	return resp.StatusCode, string(data), err == nil
 }
 
-// archWait polls cond, which says what is still wrong ("" when nothing),
-// until it holds or timeout passes.
-func archWait(t *testing.T, timeout time.Duration, what string, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		wrong := cond()
-		if wrong == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s: %s", timeout, what, wrong)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// archSample is the value of the sample name{labels} in a text-format body.
-func archSample(body, name, labels string) (float64, bool) {
-	prefix := name + "{" + labels + "} "
-	if labels == "" {
-		prefix = name + " "
-	}
-	sc := bufio.NewScanner(strings.NewReader(body))
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), prefix); ok {
-			v, err := strconv.ParseFloat(rest, 64)
-			return v, err == nil
-		}
-	}
-	return 0, false
-}
-
-// archConnect opens n loopback connections to a listener of its own and
-// returns the listener's port; all are closed at the end of the test.
-func archConnect(t *testing.T, n int) int {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	for range n {
-		c, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-	}
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // archCase is what one run of an exporter must show.
 type archCase struct {
 	file     string   // the table whose reads_total must rise: tcp or netlink
@@ -307,11 +198,13 @@ type archCase struct {
 // start-up line once; SIGTERM ends it with status 0.
 func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *archProc) {
 	const conns = 3
-	service := archConnect(t, conns)
-	port := archFreePort(t)
+	srv := listenLoopback(t, "tcp4", "127.0.0.1:0")
+	dial(t, conns, "tcp4", srv.ln.Addr().String())
+	service := srv.port
+	port := freePort(t)
 	p := start(port, "-listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"-port", strconv.Itoa(service), "-duration", "500ms", "-interval", "200ms")
-	archWait(t, c.startFor, "/healthz to answer ok", func() string {
+	waitCheck(t, c.startFor, "/healthz to answer ok", func() string {
 		status, body, ok := p.get(t, "/healthz")
 		if !ok || status != http.StatusOK || body != "ok\n" {
 			return fmt.Sprintf("status %d %q", status, body)
@@ -320,18 +213,17 @@ func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *a
 	})
 	labels := fmt.Sprintf(`port="%d",tcp_version="4"`, service)
 	reads := func(body string) float64 {
-		v, _ := archSample(body, "tcp_established_exporter_reads_total", `file="`+c.file+`"`)
-		return v
+		return samples(body, readsName)[`file="`+c.file+`"`]
 	}
 	var firstReads float64
-	archWait(t, 30*time.Second, "the count of the test's connections", func() string {
+	waitCheck(t, 30*time.Second, "the count of the test's connections", func() string {
 		_, body, ok := p.get(t, "/metrics")
 		if !ok {
 			return "no answer"
 		}
 		firstReads = reads(body)
-		for _, name := range []string{"netstat_tcp_longterm_connections_total", "netstat_tcp_established_connections"} {
-			if v, ok := archSample(body, name, labels); !ok || v != conns {
+		for _, name := range []string{longtermName, establishedName} {
+			if v, ok := samples(body, name)[labels]; !ok || v != conns {
 				return fmt.Sprintf("%s{%s} = %v (%t), want %d", name, labels, v, ok, conns)
 			}
 		}
@@ -340,7 +232,7 @@ func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *a
 		}
 		return ""
 	})
-	archWait(t, 30*time.Second, fmt.Sprintf(`reads of file="%s" to rise`, c.file), func() string {
+	waitCheck(t, 30*time.Second, fmt.Sprintf(`reads of file="%s" to rise`, c.file), func() string {
 		_, body, _ := p.get(t, "/metrics")
 		if n := reads(body); n <= firstReads {
 			return fmt.Sprintf("%v reads, %v before", n, firstReads)
@@ -388,7 +280,7 @@ func TestArchQemu(t *testing.T) {
 		{"riscv64", "qemu-riscv64-static"},
 	} {
 		t.Run(c.target, func(t *testing.T) {
-			qemu := archTool(t, c.qemu)
+			qemu := lookPath(t, c.qemu)
 			bin := archBuild(t, dir, c.target)
 			archCheck(t, archCase{
 				file:     "tcp",
@@ -422,10 +314,10 @@ func TestArch386(t *testing.T) {
 	})
 	t.Run("scratch", func(t *testing.T) {
 		if os.Geteuid() != 0 {
-			archNeed(t, "needs root to mount /proc and chroot as the scratch image does")
+			skipWithout(t, "needs root to mount /proc and chroot as the scratch image does")
 		}
 		for _, tool := range []string{"unshare", "chroot", "mount"} {
-			archTool(t, tool)
+			lookPath(t, tool)
 		}
 		root := t.TempDir()
 		if err := os.Chmod(root, 0o755); err != nil {
@@ -464,7 +356,7 @@ var archS390xTests = []string{
 // s390x build of both parsers reads fixtures in the big-endian layout
 // instead, and must give the goldens that amd64 gives.
 func TestArchS390xParsers(t *testing.T) {
-	qemu := archTool(t, "qemu-s390x-static")
+	qemu := lookPath(t, "qemu-s390x-static")
 	test := filepath.Join(t.TempDir(), "main-s390x.test")
 	repo := archRepo(t)
 	archRun(t, repo, []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=s390x"}, "go", "test", "-c", "-o", test, ".")
