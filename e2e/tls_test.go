@@ -222,7 +222,8 @@ func tlsScrape(client *http.Client, base, token string) (*http.Response, string,
 }
 
 // TestTLS holds the exporter, serving HTTPS with client certificates and a
-// token, against curl and Go's client, with three connections of its own held to a listed port.
+// token, against curl, Go's client and a Prometheus server of each
+// release, with three connections of its own held to a listed port.
 func TestTLS(t *testing.T) {
 	root := t.TempDir()
 	pki := newTestPKI(t, filepath.Join(root, "tls")) // prometheus.yml's job names tls/...
@@ -259,6 +260,9 @@ func TestTLS(t *testing.T) {
 
 	t.Run("curl", func(t *testing.T) { tlsCurl(t, x, pki, other, bases, held.port, wantCounts) })
 	t.Run("go", func(t *testing.T) { tlsGo(t, pki, bases["127.0.0.1"]) })
+	for _, v := range prometheusVersions(t) {
+		t.Run("prometheus"+v.name, func(t *testing.T) { tlsPrometheus(t, v, root, x.port, held.port) })
+	}
 }
 
 // curlResult is what one run of curl got.
@@ -490,5 +494,68 @@ func tlsGo(t *testing.T, pki *testPKI, base string) {
 	}
 	if got, want := fmt.Sprint(err), "remote error: tls: protocol version not supported"; got != want {
 		t.Errorf("a TLS 1.1 handshake got %q, want %q", got, want)
+	}
+}
+
+// shippedTLSJob is the job tcp_established_exporter_tls of
+// deploy/prometheus/prometheus.yml, as shipped but for its target.
+func shippedTLSJob(t *testing.T, target string) string {
+	t.Helper()
+	data, err := os.ReadFile("../deploy/prometheus/prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const start = "\n  - job_name: tcp_established_exporter_tls\n"
+	_, job, ok := strings.Cut(string(data), start)
+	if !ok {
+		t.Fatalf("prometheus.yml has no %q", strings.TrimSpace(start))
+	}
+	job, _, _ = strings.Cut(job, "\n  - job_name:")
+	const shipped = `- targets: ["edge-host.example:9690"]`
+	if n := strings.Count(job, shipped); n != 1 {
+		t.Fatalf("the TLS job has %d of %s, want 1:\n%s", n, shipped, job)
+	}
+	return start[1:] + strings.Replace(job, shipped, fmt.Sprintf("- targets: [%q]", target), 1)
+}
+
+// tlsPrometheus has a Prometheus server of release v scrape the exporter
+// on port with the TLS job that deploy/prometheus/prometheus.yml ships,
+// written beside the tls/ files in root.
+func tlsPrometheus(t *testing.T, v prometheusVersion, root string, port, heldPort int) {
+	prometheus := v.tool(t, "prometheus")
+	config := filepath.Join(root, "prometheus"+v.name+".yml")
+	writeFile(t, config, []byte("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"+
+		shippedTLSJob(t, fmt.Sprintf("127.0.0.1:%d", port))))
+	web := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	data := t.TempDir() // removed after the server is stopped: cleanups run last first
+	srv := startProcess(t, nil, prometheus,
+		"--config.file="+config,
+		"--storage.tsdb.path="+data,
+		"--web.listen-address="+web,
+		"--log.level=warn",
+	)
+	base := "http://" + web
+	waitFor(t, waitLong, "Prometheus to be ready", func() bool {
+		srv.checkRunning(t)
+		resp, err := http.Get(base + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	t.Logf("Prometheus %s", promBuildVersion(t, base))
+	// The job relabels job to the name rules.yml and the dashboard expect.
+	waitForEqual(t, "Prometheus to scrape the exporter over mTLS", map[string]float64{"": 1},
+		promQuery(base, `up{job="tcp_established_exporter"}`))
+	series := func(v string) string { return fmt.Sprintf("port=%d,tcp_version=%s", heldPort, v) }
+	waitForEqual(t, "Prometheus to see the three connections", map[string]float64{series("4"): 3, series("6"): 0},
+		promQuery(base, fmt.Sprintf(`netstat_tcp_longterm_connections_total{job="tcp_established_exporter",port="%d"}`, heldPort), "port", "tcp_version"))
+	waitForEqual(t, "Prometheus to see no reload error", map[string]float64{"": 0},
+		promQuery(base, reloadErrsName+`{job="tcp_established_exporter"}`))
+	health, lastErr := promTarget(t, base)
+	t.Logf("target health %q, last error %q", health, lastErr)
+	if health != "up" || lastErr != "" {
+		t.Errorf("target health %q, last scrape error %q; want up and none", health, lastErr)
 	}
 }
