@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -202,13 +203,15 @@ func tlsClient(t testing.TB, p *testPKI, cert string) *http.Client {
 	}
 }
 
-// tlsScrape scrapes /metrics with client and the token.
+// tlsScrape scrapes /metrics with client and the token, if any.
 func tlsScrape(client *http.Client, base, token string) (*http.Response, string, error) {
 	req, err := http.NewRequest("GET", base+"/metrics", nil)
 	if err != nil {
 		return nil, "", err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return nil, "", err
@@ -558,4 +561,195 @@ func tlsPrometheus(t *testing.T, v prometheusVersion, root string, port, heldPor
 	if health != "up" || lastErr != "" {
 		t.Errorf("target health %q, last scrape error %q; want up and none", health, lastErr)
 	}
+}
+
+// secretVolume lays out files as the kubelet does a Secret volume: each
+// name a symlink through ..data, a symlink to the directory of the moment,
+// which an update replaces by renaming a new symlink over it.
+type secretVolume struct {
+	dir string
+	n   int
+}
+
+func newSecretVolume(t *testing.T, names ...string) *secretVolume {
+	t.Helper()
+	v := &secretVolume{dir: t.TempDir()}
+	for _, name := range names {
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(v.dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return v
+}
+
+// next returns a new, empty directory of the volume, for swap.
+func (v *secretVolume) next(t *testing.T) string {
+	t.Helper()
+	v.n++
+	dir := filepath.Join(v.dir, fmt.Sprintf("..v%d", v.n))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// swap points ..data at dir, atomically.
+func (v *secretVolume) swap(t *testing.T, dir string) {
+	t.Helper()
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(dir), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// scrapeLoop scrapes /metrics over a new connection each time until
+// stopped, and records the serials the server presented and the failures.
+type scrapeLoop struct {
+	mu       sync.Mutex
+	serials  []string // in order, each change once
+	failures []string
+	n        int
+	body     string // the last
+
+	stop, done chan struct{}
+}
+
+func startScrapeLoop(t *testing.T, client *http.Client, base string) *scrapeLoop {
+	l := &scrapeLoop{stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(10 * time.Millisecond) // a pace, not a wait: spare the shared cores
+		defer tick.Stop()
+		for {
+			select {
+			case <-l.stop:
+				return
+			case <-tick.C:
+			}
+			resp, body, err := tlsScrape(client, base, "")
+			l.mu.Lock()
+			l.n++
+			if err != nil {
+				l.failures = append(l.failures, err.Error())
+			} else {
+				l.body = body
+				serial := resp.TLS.PeerCertificates[0].SerialNumber.String()
+				if len(l.serials) == 0 || l.serials[len(l.serials)-1] != serial {
+					l.serials = append(l.serials, serial)
+				}
+			}
+			l.mu.Unlock()
+		}
+	}()
+	t.Cleanup(l.halt)
+	return l
+}
+
+func (l *scrapeLoop) halt() {
+	select {
+	case <-l.stop:
+	default:
+		close(l.stop)
+	}
+	<-l.done
+}
+
+// state returns the last serial presented, the number of scrapes and
+// the last body.
+func (l *scrapeLoop) state() (serial string, n int, body string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.serials) > 0 {
+		serial = l.serials[len(l.serials)-1]
+	}
+	return serial, l.n, l.body
+}
+
+// TestTLSRotation replaces the server's certificate and key by a symlink
+// swap, as the kubelet updates a Secret, while a client scrapes in a loop,
+// a handshake each time: the new serial comes within the deadline and no
+// scrape fails. Then a garbage certificate: the last good pair stays, the
+// reload error counter rises by one, and one line is logged.
+func TestTLSRotation(t *testing.T) {
+	pki := newTestPKI(t, t.TempDir())
+	vol := newSecretVolume(t, "tls.crt", "tls.key")
+	first := vol.next(t)
+	for _, f := range [][2]string{{"server.crt", "tls.crt"}, {"server.key", "tls.key"}} {
+		data, err := os.ReadFile(pki.path(f[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(first, f[1]), data)
+	}
+	vol.swap(t, first)
+	oldSerial := readCert(t, pki.path("server.crt")).SerialNumber.String()
+	x := startTLSBinary(t, "-interval", "100ms",
+		"-tls-cert", filepath.Join(vol.dir, "tls.crt"), "-tls-key", filepath.Join(vol.dir, "tls.key"))
+	base := fmt.Sprintf("https://127.0.0.1:%d", x.port)
+	loop := startScrapeLoop(t, tlsClient(t, pki, ""), base)
+	waitFor(t, 10*time.Second, "the first scrapes", func() bool { s, n, _ := loop.state(); return s != "" && n >= 3 })
+
+	second := vol.next(t)
+	newSerial := pki.sign(t, second, "tls", serverTemplate(4242)).SerialNumber.String()
+	swapped := time.Now()
+	vol.swap(t, second)
+	// The exporter looks at the files once a second at most.
+	const deadline = 10 * time.Second
+	waitFor(t, deadline, "the new serial", func() bool { s, _, _ := loop.state(); return s == newSerial })
+	t.Logf("the new serial came %s after the swap", time.Since(swapped).Round(time.Millisecond))
+
+	garbage := vol.next(t)
+	writeFile(t, filepath.Join(garbage, "tls.crt"), []byte("-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n"))
+	key, err := os.ReadFile(filepath.Join(second, "tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(garbage, "tls.key"), key)
+	vol.swap(t, garbage)
+	var n int
+	waitCheck(t, deadline, "the reload error to count", func() string {
+		var body string
+		_, n, body = loop.state()
+		got := samples(body, reloadErrsName)
+		if diff := cmp.Diff(map[string]float64{"": 1}, got); diff != "" {
+			return "mismatch (-want +got):\n" + diff
+		}
+		return ""
+	})
+	// More scrapes, past the next look at the files: it counts nothing
+	// more, since the files stay as they are.
+	counted := time.Now()
+	waitFor(t, deadline, "more scrapes", func() bool {
+		_, m, _ := loop.state()
+		return m >= n+5 && time.Since(counted) > 1500*time.Millisecond
+	})
+	loop.halt()
+	if _, _, body := loop.state(); !cmp.Equal(map[string]float64{"": 1}, samples(body, reloadErrsName)) {
+		t.Errorf("the last scrape has %s %v, want 1", reloadErrsName, samples(body, reloadErrsName))
+	}
+
+	if diff := cmp.Diff([]string{oldSerial, newSerial}, loop.serials); diff != "" {
+		t.Errorf("serials presented mismatch (-want +got):\n%s", diff)
+	}
+	if len(loop.failures) != 0 {
+		t.Errorf("%d of %d scrapes failed: %q", len(loop.failures), loop.n, loop.failures)
+	}
+	var logged []string
+	for line := range strings.Lines(x.stderr.String()) {
+		if strings.Contains(line, "reload") {
+			_, msg, _ := strings.Cut(strings.TrimSpace(line), " reload") // after the time stamp
+			logged = append(logged, "reload"+msg)
+		}
+	}
+	want := []string{
+		"reloaded the TLS and token files",
+		fmt.Sprintf("reloading the TLS and token files failed, keeping the last good ones: invalid value %q for tls-cert from flag -tls-cert: not a certificate: x509: malformed certificate", filepath.Join(vol.dir, "tls.crt")),
+	}
+	if diff := cmp.Diff(want, logged); diff != "" {
+		t.Errorf("reload log lines mismatch (-want +got):\n%s", diff)
+	}
+	t.Logf("%d scrapes, serials %s then %s", loop.n, oldSerial, newSerial)
 }
