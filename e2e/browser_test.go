@@ -156,8 +156,13 @@ func (lab *browserLab) users(t *testing.T, srv, other *webServer) []string {
 		browsers[i] = startProcessGroup(t, nil, lab.ip, args...)
 	}
 	defer func() {
-		if t.Failed() {
-			t.Logf("%s log:\n%s", srv.name, srv.proc.out)
+		if !t.Failed() {
+			return
+		}
+		t.Logf("%s log:\n%s", srv.name, srv.proc.out)
+		for i, b := range browsers {
+			out := b.out.String()
+			t.Logf("browser of user %d, its last output:\n%s", i+1, out[max(0, len(out)-2000):])
 		}
 	}()
 	waitCheck(t, waitLong, fmt.Sprintf("%d WebSockets up on %s", browserUsers, srv.name), func() string {
@@ -220,11 +225,12 @@ func (lab *browserLab) figures(t *testing.T, srv, other *webServer) figures {
 	}
 }
 
-// settle waits until the figures are those of users settled users, then
-// requires them unchanged over 3 of the exporter's polls (1 s apart by
-// default): on the way, they can pass by the right value. Behind node the
-// keep-alive connections live a little longer than 6 s (load time plus 5 s
-// idle), so they count for up to a second before they close.
+// settle waits until the figures are those of the given number of users,
+// every connection long-term, then requires them unchanged over 3 of the
+// exporter's polls (1 s apart by default): on the way they can pass by the
+// right value. Behind node the keep-alive connections live a little longer
+// than 6 s (load time plus 5 s idle), so they count for up to a second
+// before they close.
 func (lab *browserLab) settle(t *testing.T, srv, other *webServer, users int) figures {
 	t.Helper()
 	check := func(f figures) string {
