@@ -78,6 +78,11 @@ func TestBrowsersOnShinyAndNode(t *testing.T) {
 	if out, err := exec.Command(rscript, "-e", "library(shiny)").CombinedOutput(); err != nil {
 		skipWithout(t, "R has no shiny package (test.sh installs r-cran-shiny): %v\n%s", err, out)
 	}
+	// A test that go test's -timeout stops runs no cleanup, and leaves
+	// browsers and a namespace behind: better not to start.
+	if deadline, ok := t.Deadline(); ok && time.Until(deadline) < 2*time.Minute {
+		t.Fatalf("only %s left before the -timeout of go test; this test needs up to 2 minutes (-count=20: -timeout 40m)", time.Until(deadline).Round(time.Second))
+	}
 	var err error
 	if lab.self, err = os.Executable(); err != nil {
 		t.Fatal(err)
