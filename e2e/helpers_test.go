@@ -40,6 +40,7 @@ const (
 	readErrsName    = "tcp_established_exporter_read_errors_total"
 	malformedName   = "tcp_established_exporter_malformed_lines_total"
 	trackedName     = "tcp_established_exporter_tracked_connections"
+	clientsName     = "netstat_tcp_longterm_clients"
 )
 
 // skipWithout skips a test that needs what this machine lacks (root, a
@@ -257,12 +258,27 @@ type process struct {
 	stdin io.WriteCloser
 	out   *syncBuffer // stdout and stderr
 	done  chan struct{}
+	group bool // it leads a process group, and stop signals the group
 }
 
 // startProcess starts name with args, and stops it at the end of the test.
 func startProcess(t *testing.T, env []string, name string, args ...string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(name, args...), out: new(syncBuffer), done: make(chan struct{})}
+	return start(t, false, env, name, args...)
+}
+
+// startProcessGroup is startProcess for a program that runs others (a
+// browser, an R session): it leads a process group of its own, and stop
+// signals the whole group.
+func startProcessGroup(t *testing.T, env []string, name string, args ...string) *process {
+	t.Helper()
+	return start(t, true, env, name, args...)
+}
+
+func start(t *testing.T, group bool, env []string, name string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(name, args...), out: new(syncBuffer), done: make(chan struct{}), group: group}
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: group}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	var err error
@@ -288,9 +304,14 @@ func (p *process) checkRunning(t *testing.T) {
 }
 
 // stop closes stdin, asks the process to stop with SIGTERM and kills it if
-// it has not within 10 s.
+// it has not within 10 s; a group gets SIGTERM, and SIGKILL what is left of
+// it after 5 s.
 func (p *process) stop() {
 	p.stdin.Close()
+	if p.group {
+		p.stopGroup()
+		return
+	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -298,6 +319,23 @@ func (p *process) stop() {
 		p.cmd.Process.Kill()
 		<-p.done
 	}
+}
+
+func (p *process) stopGroup() {
+	pgid := p.cmd.Process.Pid
+	// The group's number is not reused while a member lives, and the
+	// leader is reaped as it exits: ESRCH means the whole group is gone.
+	gone := func() bool { return syscall.Kill(-pgid, 0) == syscall.ESRCH }
+	if !gone() {
+		syscall.Kill(-pgid, syscall.SIGTERM)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !gone() && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !gone() {
+		syscall.Kill(-pgid, syscall.SIGKILL)
+	}
+	<-p.done
 }
 
 // scrape fetches /metrics from base (http://host:port) and returns the body.
@@ -579,6 +617,7 @@ func newNetns(t *testing.T, ip, suffix string) string {
 		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
 	}
 	t.Cleanup(func() {
+		killNetnsPids(t, ip, name)
 		if out, err := exec.Command(ip, "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v\n%s", name, err, out)
 		}
@@ -587,6 +626,35 @@ func newNetns(t *testing.T, ip, suffix string) string {
 		t.Fatalf("ip -n %s link set lo up: %v\n%s", name, err, out)
 	}
 	return name
+}
+
+// killNetnsPids kills what is still running in namespace ns once the test
+// has stopped its processes: daemons they left (Chromium's crash handlers
+// leave their process group and session), which would keep it alive.
+func killNetnsPids(t *testing.T, ip, ns string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	killed := make(map[int]bool)
+	for {
+		out, err := exec.Command(ip, "netns", "pids", ns).Output()
+		pids := strings.Fields(string(out))
+		if err != nil || len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("processes %v still in namespace %s", pids, ns)
+			return
+		}
+		for _, s := range pids {
+			if pid, err := strconv.Atoi(s); err == nil && !killed[pid] {
+				killed[pid] = true
+				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+				t.Logf("killing %d (%s), left in namespace %s", pid, bytes.TrimSpace(comm), ns)
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // scrapeInNetns gets u from inside network namespace ns, by the test
