@@ -60,16 +60,18 @@ func (k *connKey) v4() bool {
 	return [12]byte(k.local[:12]) == [12]byte{10: 0xff, 11: 0xff}
 }
 
-// connEntry is what the tracker keeps of a connection: 24 bytes, no
+// connEntry is what the tracker keeps of a connection: 40 bytes, no
 // pointers for the garbage collector to follow. A series outlives every
 // connection it counts (see end), and a client every connection it has, so
 // an entry can keep their indices.
 type connEntry struct {
 	first  time.Duration // first seen established, monotonic
+	inode  uint64        // with fold, tells the entry the order expects
 	fold   uint32        // of its connKey
 	seen   uint32        // generation of the last read that listed it
 	series int32         // index of its series, or -1 when it does not count
 	client int32         // index of its client, or -1 when it does not count
+	at     int32         // its place in the order of the read that last listed it, or -1
 }
 
 // portSet is a set of TCP ports.
@@ -99,6 +101,13 @@ type tracker struct {
 	conns   map[uint64]int32
 	queued  map[connKey]int32
 	entries slots[connEntry]
+
+	// The kernel lists sockets in the order of its hash table, which moves
+	// only where sockets come and go: the entries in the order of the last
+	// ended read, those of the current one, and where the current read is
+	// expected to be in the former. See find.
+	order, next []int32
+	cursor      int
 
 	gen     uint32        // the current read
 	readAt  time.Duration // when the current read began
@@ -140,6 +149,7 @@ func (t *tracker) begin() {
 	t.gen++
 	t.readAt = t.now()
 	t.seenN = 0
+	t.next, t.cursor = t.next[:0], 0
 	t.pending = t.pending[:0]
 	t.listen4.clear()
 	t.listen6.clear()
@@ -187,7 +197,7 @@ func (t *tracker) observeEstablished(s *socket) {
 	if c.own(&k) || !c.tcpv6 && !k.v4() || !c.hasPort(k.lport) && !c.hasPort(k.rport) {
 		return // can never count: not worth remembering
 	}
-	i, ok := t.lookup(&k)
+	i, ok := t.find(&k)
 	if !ok {
 		t.pending = append(t.pending, k)
 		return
@@ -198,9 +208,44 @@ func (t *tracker) observeEstablished(s *socket) {
 	}
 	e.seen = t.gen
 	t.seenN++
+	if k.inode != 0 {
+		e.at = int32(len(t.next))
+		t.next = append(t.next, i)
+	}
 	if e.series >= 0 {
 		t.count(e)
 	}
+}
+
+// find is lookup for a socket of the current read. It first tries the
+// entry that the last ended read listed next, whose cache lines arrive in
+// order where the map's are cold after the kernel's walk, and falls back
+// to the map when the order breaks: it then continues after the entry the
+// map found.
+func (t *tracker) find(k *connKey) (int32, bool) {
+	if k.inode == 0 {
+		return t.lookup(k)
+	}
+	fold := k.fold()
+	if t.cursor < len(t.order) {
+		i := t.order[t.cursor]
+		if e := &t.entries.items[i]; e.inode == k.inode && e.fold == fold {
+			t.cursor++
+			return i, true
+		}
+	}
+	i, ok := t.conns[k.inode]
+	if !ok {
+		return 0, false
+	}
+	e := &t.entries.items[i]
+	if e.fold != fold {
+		return 0, false
+	}
+	if at := uint(e.at); at < uint(len(t.order)) && t.order[at] == i {
+		t.cursor = int(at) + 1
+	}
+	return i, true
 }
 
 // lookup finds the entry of a connection.
@@ -235,6 +280,7 @@ func (t *tracker) end() {
 	if t.seenN < t.tracked() {
 		t.forgetGone()
 	}
+	t.order, t.next = t.next, t.order
 	t.keepIdleSeries()
 	t.sorted = t.sorted[:0]
 	for i, s := range t.series.items {
@@ -298,13 +344,13 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 	}
 	delete(t.queued, k0)
 	t.entries.remove(i)
-	e.seen, e.fold = t.gen, k.fold()
+	e.seen, e.fold, e.inode = t.gen, k.fold(), k.inode
 	return e, true
 }
 
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k), client: -1}
+	e := connEntry{first: t.readAt, inode: k.inode, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k), client: -1, at: -1}
 	if e.series >= 0 {
 		e.client = t.clientFor(e.series, &k.remote)
 	}
