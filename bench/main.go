@@ -1,8 +1,11 @@
-// Command bench measures what the exporter costs beside the floor that no
-// user-space reader of /proc/net/tcp{,6} can go below, at several numbers
-// of real established loopback connections, and prints one table.
+// Command bench measures what the exporter costs beside two floors, at
+// several numbers of real established loopback connections, and prints one
+// table: the floor that no user-space reader of /proc/net/tcp{,6} can go
+// below, and the netlink floor, the kernel's own sock_diag dump in a
+// process of its own (./diagfloor) that walks the replies and parses
+// nothing, one dump a second as the exporter reads.
 //
-//	go run ./bench                  # N = 0, 1000, 10000, 50000
+//	go run ./bench                  # N = 0, 1000, 10000, 50000, 200000
 //	go run ./bench -n 0,1000 -reads 30
 //
 // As root it runs in a network namespace of its own (unshare -n), so that
@@ -24,7 +27,7 @@ import (
 
 func main() {
 	var (
-		ns      = flag.String("n", "0,1000,10000,50000", "connection counts, comma-separated")
+		ns      = flag.String("n", "0,1000,10000,50000,200000", "connection counts, comma-separated")
 		ports   = flag.Int("ports", 100, "listening ports the connections spread over")
 		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over")
 		scrapes = flag.Int("scrapes", 200, "scrapes to measure /metrics latency over")
@@ -103,17 +106,18 @@ func reexecInNetns() bool {
 
 // binaries are the programs a run measures or uses.
 type binaries struct {
-	exporter, bare, load string
+	exporter, bare, load, diagfloor string
 }
 
 // buildAll builds the exporter as the Dockerfile does, a bare net/http
-// server with the same flags (the size the exporter cannot go below), and
-// the load tool.
+// server with the same flags (the size the exporter cannot go below), the
+// load tool and the netlink floor.
 func buildAll(dir string) (binaries, error) {
 	b := binaries{
-		exporter: filepath.Join(dir, "tcp_established_exporter"),
-		bare:     filepath.Join(dir, "bare"),
-		load:     filepath.Join(dir, "load"),
+		exporter:  filepath.Join(dir, "tcp_established_exporter"),
+		bare:      filepath.Join(dir, "bare"),
+		load:      filepath.Join(dir, "load"),
+		diagfloor: filepath.Join(dir, "diagfloor"),
 	}
 	bareSrc := filepath.Join(dir, "baresrc")
 	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
@@ -127,6 +131,7 @@ func buildAll(dir string) (binaries, error) {
 	}
 	for _, c := range []struct{ dir, out, pkg string }{
 		{".", b.exporter, "."}, {bareSrc, b.bare, "."}, {".", b.load, "./bench/load"},
+		{".", b.diagfloor, "./bench/diagfloor"},
 	} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", c.out, c.pkg)
 		cmd.Dir = c.dir
