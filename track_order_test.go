@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -81,8 +82,10 @@ func (p *orderPool) churn(prev []socket) []socket {
 	next[len(next)/2] = recycled
 	queued := p.conn()
 	queued.Inode = 0
+	wide := p.conn() // a forged table's: its low 32 bits another's inode
+	wide.Inode = 1<<32 | next[len(next)/5].Inode
 	next = slices.Insert(next, len(next)/3, queued, next[len(next)/4])
-	return next
+	return slices.Insert(next, len(next)/5, wide)
 }
 
 // TestTrackerOrderFollowing: a tracker that follows the order of the last
@@ -145,5 +148,36 @@ func TestTrackerOrderFollowing(t *testing.T) {
 				t.Errorf("the test tracks nothing or ends no lifetime: %+v", st)
 			}
 		})
+	}
+}
+
+// BenchmarkTrackerObserve50kCold is BenchmarkTrackerObserve50k with the
+// caches emptied between reads, outside the timer, as the kernel's walk of
+// its socket hash empties them before the exporter sees a socket.
+func BenchmarkTrackerObserve50kCold(b *testing.B) {
+	g := newGeneratedRead(defaultCfg, 50000)
+	var socks []socket
+	for _, table := range g.tables {
+		g.parser.parse(bytes.NewReader(table), "generated", func(s *socket) { socks = append(socks, *s) }, failOnBad)
+	}
+	evict := make([]byte, 32<<20)
+	read := func() {
+		g.clock.now += time.Second
+		g.tr.begin()
+		for i := range socks {
+			g.tr.observe(&socks[i])
+		}
+		g.tr.end()
+	}
+	read()
+	read()
+	b.ReportAllocs()
+	for b.Loop() {
+		b.StopTimer()
+		for i := 0; i < len(evict); i += 64 {
+			evict[i]++
+		}
+		b.StartTimer()
+		read()
 	}
 }
