@@ -54,7 +54,10 @@ func main() {
 	}
 	cfg := runConfig{ports: *ports, reads: *reads, scrapes: *scrapes, args: strings.Fields(*extra), dir: dir}
 	var rows []result
-	for _, n := range counts {
+	for i, n := range counts {
+		if i > 0 && counts[i-1] > 0 {
+			waitTimeWait()
+		}
 		r, err := measure(bins, cfg, n)
 		if err != nil {
 			log.Fatalf("N=%d: %v", n, err)
@@ -163,4 +166,31 @@ func waitFor(timeout time.Duration, what string, cond func() bool) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+// waitTimeWait waits, at most 70 s, for the TIME_WAIT sockets of the last
+// load to expire: they stay in the kernel's socket hash for a minute and
+// slow every dump and read meanwhile (see PERF-NOTES.md).
+func waitTimeWait() {
+	err := waitFor(70*time.Second, "TIME_WAIT sockets to expire", func() bool {
+		data, err := os.ReadFile("/proc/net/sockstat")
+		if err != nil {
+			return true
+		}
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "TCP: "); ok {
+				f := strings.Fields(rest)
+				for i := 0; i+1 < len(f); i += 2 {
+					if f[i] == "tw" {
+						n, _ := strconv.Atoi(f[i+1])
+						return n < 100
+					}
+				}
+			}
+		}
+		return true
+	})
+	if err != nil {
+		log.Print(err)
+	}
 }
