@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/binary"
+	"math"
 	"math/bits"
 	"slices"
 	"time"
@@ -60,17 +61,24 @@ func (k *connKey) v4() bool {
 	return [12]byte(k.local[:12]) == [12]byte{10: 0xff, 11: 0xff}
 }
 
-// connEntry is what the tracker keeps of a connection: 24 bytes, no
+// connEntry is what the tracker keeps of a connection: 32 bytes, no
 // pointers for the garbage collector to follow. A series outlives every
 // connection it counts (see end), and a client every connection it has, so
 // an entry can keep their indices.
 type connEntry struct {
 	first  time.Duration // first seen established, monotonic
+	inode  uint32        // its inode, or 0 when not in conns (see narrow)
 	fold   uint32        // of its connKey
 	seen   uint32        // generation of the last read that listed it
 	series int32         // index of its series, or -1 when it does not count
 	client int32         // index of its client, or -1 when it does not count
+	at     int32         // its place in the order of the read that last listed it, or -1
 }
+
+// narrow reports whether a connection is found by its inode, in conns: the
+// kernel numbers socket inodes in 32 bits. Inode 0 is a connection waiting
+// in an accept queue; a wider one only a forged table shows.
+func (k *connKey) narrow() bool { return k.inode != 0 && k.inode <= math.MaxUint32 }
 
 // portSet is a set of TCP ports.
 type portSet [65536 / 64]uint64
@@ -94,11 +102,18 @@ type tracker struct {
 	cfg trackConfig
 	now func() time.Duration // monotonic clock
 
-	// Indices into entries: by inode, and by the whole key for inode 0,
-	// the few connections waiting in an accept queue.
-	conns   map[uint64]int32
-	queued  map[connKey]int32
+	// Indices into entries: by inode, and by the whole key for the others
+	// (see narrow), the few connections waiting in an accept queue.
+	conns   map[uint32]int32
+	byKey   map[connKey]int32
 	entries slots[connEntry]
+
+	// The kernel lists sockets in the order of its hash table, which moves
+	// only where sockets come and go: the entries in the order of the last
+	// ended read, those of the current one, and where the current read is
+	// expected to be in the former. See find.
+	order, next []int32
+	cursor      int
 
 	gen     uint32        // the current read
 	readAt  time.Duration // when the current read began
@@ -127,8 +142,8 @@ func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
 	return &tracker{
 		cfg:         cfg,
 		now:         now,
-		conns:       make(map[uint64]int32),
-		queued:      make(map[connKey]int32),
+		conns:       make(map[uint32]int32),
+		byKey:       make(map[connKey]int32),
 		seriesByKey: make(map[seriesKey]int32),
 
 		clientsByKey: make(map[clientKey]int32),
@@ -140,6 +155,7 @@ func (t *tracker) begin() {
 	t.gen++
 	t.readAt = t.now()
 	t.seenN = 0
+	t.next, t.cursor = t.next[:0], 0
 	t.pending = t.pending[:0]
 	t.listen4.clear()
 	t.listen6.clear()
@@ -187,7 +203,7 @@ func (t *tracker) observeEstablished(s *socket) {
 	if c.own(&k) || !c.tcpv6 && !k.v4() || !c.hasPort(k.lport) && !c.hasPort(k.rport) {
 		return // can never count: not worth remembering
 	}
-	i, ok := t.lookup(&k)
+	i, ok := t.find(&k)
 	if !ok {
 		t.pending = append(t.pending, k)
 		return
@@ -198,18 +214,53 @@ func (t *tracker) observeEstablished(s *socket) {
 	}
 	e.seen = t.gen
 	t.seenN++
+	if k.narrow() {
+		e.at = int32(len(t.next))
+		t.next = append(t.next, i)
+	}
 	if e.series >= 0 {
 		t.count(e)
 	}
 }
 
+// find is lookup for a socket of the current read. It first tries the
+// entry that the last ended read listed next, whose cache lines arrive in
+// order where the map's are cold after the kernel's walk, and falls back
+// to the map when the order breaks: it then continues after the entry the
+// map found.
+func (t *tracker) find(k *connKey) (int32, bool) {
+	if !k.narrow() {
+		return t.lookup(k)
+	}
+	fold := k.fold()
+	if t.cursor < len(t.order) {
+		i := t.order[t.cursor]
+		if e := &t.entries.items[i]; e.inode == uint32(k.inode) && e.fold == fold {
+			t.cursor++
+			return i, true
+		}
+	}
+	i, ok := t.conns[uint32(k.inode)]
+	if !ok {
+		return 0, false
+	}
+	e := &t.entries.items[i]
+	if e.fold != fold {
+		return 0, false
+	}
+	if at := uint(e.at); at < uint(len(t.order)) && t.order[at] == i {
+		t.cursor = int(at) + 1
+	}
+	return i, true
+}
+
 // lookup finds the entry of a connection.
 func (t *tracker) lookup(k *connKey) (int32, bool) {
-	if k.inode == 0 {
-		i, ok := t.queued[*k]
+	if !k.narrow() {
+		i, ok := t.byKey[*k]
 		return i, ok
 	}
-	i, ok := t.conns[k.inode]
+	i, ok := t.conns[uint32(k.inode)]
 	return i, ok && t.entries.items[i].fold == k.fold()
 }
 
@@ -235,6 +286,7 @@ func (t *tracker) end() {
 	if t.seenN < t.tracked() {
 		t.forgetGone()
 	}
+	t.order, t.next = t.next, t.order
 	t.keepIdleSeries()
 	t.sorted = t.sorted[:0]
 	for i, s := range t.series.items {
@@ -263,14 +315,14 @@ func (t *tracker) add(k connKey) {
 			t.recheck = append(t.recheck, k)
 		}
 	}
-	if old, ok := t.conns[k.inode]; ok && k.inode != 0 {
+	if old, ok := t.conns[uint32(k.inode)]; ok && k.narrow() {
 		t.drop(old) // its inode number was recycled: that socket is gone
 	}
 	i := t.entries.add(e)
-	if k.inode == 0 {
-		t.queued[k] = i
+	if k.narrow() {
+		t.conns[uint32(k.inode)] = i
 	} else {
-		t.conns[k.inode] = i
+		t.byKey[k] = i
 	}
 	t.seenN++
 	if e.series >= 0 {
@@ -282,12 +334,12 @@ func (t *tracker) add(k connKey) {
 // queue, where the kernel lists it with inode 0 until accept(2) gives it a
 // socket: it is the same connection, not a new one.
 func (t *tracker) accepted(k connKey) (connEntry, bool) {
-	if k.inode == 0 || len(t.queued) == 0 {
+	if k.inode == 0 || len(t.byKey) == 0 {
 		return connEntry{}, false
 	}
 	k0 := k
 	k0.inode = 0
-	i, ok := t.queued[k0]
+	i, ok := t.byKey[k0]
 	if !ok {
 		return connEntry{}, false
 	}
@@ -296,15 +348,23 @@ func (t *tracker) accepted(k connKey) (connEntry, bool) {
 		t.seenN-- // it stands for this very connection
 		t.uncount(&e)
 	}
-	delete(t.queued, k0)
+	delete(t.byKey, k0)
 	t.entries.remove(i)
-	e.seen, e.fold = t.gen, k.fold()
+	e.seen, e.fold, e.inode = t.gen, k.fold(), entryInode(&k)
 	return e, true
+}
+
+// entryInode is the inode an entry keeps of k: 0 unless conns finds it.
+func entryInode(k *connKey) uint32 {
+	if k.narrow() {
+		return uint32(k.inode)
+	}
+	return 0
 }
 
 // classify decides a new connection's direction and whether it counts.
 func (t *tracker) classify(k connKey) connEntry {
-	e := connEntry{first: t.readAt, fold: k.fold(), seen: t.gen, series: t.seriesOf(&k), client: -1}
+	e := connEntry{first: t.readAt, inode: entryInode(&k), fold: k.fold(), seen: t.gen, series: t.seriesOf(&k), client: -1, at: -1}
 	if e.series >= 0 {
 		e.client = t.clientFor(e.series, &k.remote)
 	}
@@ -363,10 +423,10 @@ func (t *tracker) forgetGone() {
 			delete(t.conns, k)
 		}
 	}
-	for k, i := range t.queued {
+	for k, i := range t.byKey {
 		if t.entries.items[i].seen != t.gen {
 			t.drop(i)
-			delete(t.queued, k)
+			delete(t.byKey, k)
 		}
 	}
 }
@@ -384,4 +444,4 @@ func (t *tracker) drop(i int32) {
 }
 
 // tracked is the number of connections the tracker remembers.
-func (t *tracker) tracked() int { return len(t.conns) + len(t.queued) }
+func (t *tracker) tracked() int { return len(t.conns) + len(t.byKey) }

@@ -1,8 +1,11 @@
-// Command bench measures what the exporter costs beside the floor that no
-// user-space reader of /proc/net/tcp{,6} can go below, at several numbers
-// of real established loopback connections, and prints one table.
+// Command bench measures what the exporter costs beside two floors, at
+// several numbers of real established loopback connections, and prints one
+// table: the floor that no user-space reader of /proc/net/tcp{,6} can go
+// below, and the netlink floor, the kernel's own sock_diag dump in a
+// process of its own (./diagfloor) that walks the replies and parses
+// nothing, one dump a second as the exporter reads.
 //
-//	go run ./bench                  # N = 0, 1000, 10000, 50000
+//	go run ./bench                  # N = 0, 1000, 10000, 50000, 200000
 //	go run ./bench -n 0,1000 -reads 30
 //
 // As root it runs in a network namespace of its own (unshare -n), so that
@@ -24,7 +27,7 @@ import (
 
 func main() {
 	var (
-		ns      = flag.String("n", "0,1000,10000,50000", "connection counts, comma-separated")
+		ns      = flag.String("n", "0,1000,10000,50000,200000", "connection counts, comma-separated")
 		ports   = flag.Int("ports", 100, "listening ports the connections spread over")
 		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over")
 		scrapes = flag.Int("scrapes", 200, "scrapes to measure /metrics latency over")
@@ -51,7 +54,10 @@ func main() {
 	}
 	cfg := runConfig{ports: *ports, reads: *reads, scrapes: *scrapes, args: strings.Fields(*extra), dir: dir}
 	var rows []result
-	for _, n := range counts {
+	for i, n := range counts {
+		if i > 0 && counts[i-1] > 0 {
+			waitTimeWait()
+		}
 		r, err := measure(bins, cfg, n)
 		if err != nil {
 			log.Fatalf("N=%d: %v", n, err)
@@ -103,17 +109,18 @@ func reexecInNetns() bool {
 
 // binaries are the programs a run measures or uses.
 type binaries struct {
-	exporter, bare, load string
+	exporter, bare, load, diagfloor string
 }
 
 // buildAll builds the exporter as the Dockerfile does, a bare net/http
-// server with the same flags (the size the exporter cannot go below), and
-// the load tool.
+// server with the same flags (the size the exporter cannot go below), the
+// load tool and the netlink floor.
 func buildAll(dir string) (binaries, error) {
 	b := binaries{
-		exporter: filepath.Join(dir, "tcp_established_exporter"),
-		bare:     filepath.Join(dir, "bare"),
-		load:     filepath.Join(dir, "load"),
+		exporter:  filepath.Join(dir, "tcp_established_exporter"),
+		bare:      filepath.Join(dir, "bare"),
+		load:      filepath.Join(dir, "load"),
+		diagfloor: filepath.Join(dir, "diagfloor"),
 	}
 	bareSrc := filepath.Join(dir, "baresrc")
 	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
@@ -127,6 +134,7 @@ func buildAll(dir string) (binaries, error) {
 	}
 	for _, c := range []struct{ dir, out, pkg string }{
 		{".", b.exporter, "."}, {bareSrc, b.bare, "."}, {".", b.load, "./bench/load"},
+		{".", b.diagfloor, "./bench/diagfloor"},
 	} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", c.out, c.pkg)
 		cmd.Dir = c.dir
@@ -158,4 +166,31 @@ func waitFor(timeout time.Duration, what string, cond func() bool) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return nil
+}
+
+// waitTimeWait waits, at most 70 s, for the TIME_WAIT sockets of the last
+// load to expire: they stay in the kernel's socket hash for a minute and
+// slow every dump and read meanwhile (see PERF-NOTES.md).
+func waitTimeWait() {
+	err := waitFor(70*time.Second, "TIME_WAIT sockets to expire", func() bool {
+		data, err := os.ReadFile("/proc/net/sockstat")
+		if err != nil {
+			return true
+		}
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "TCP: "); ok {
+				f := strings.Fields(rest)
+				for i := 0; i+1 < len(f); i += 2 {
+					if f[i] == "tw" {
+						n, _ := strconv.Atoi(f[i+1])
+						return n < 100
+					}
+				}
+			}
+		}
+		return true
+	})
+	if err != nil {
+		log.Print(err)
+	}
 }

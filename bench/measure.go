@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log"
 	"net/http"
 	"os"
 	"os/exec"
@@ -29,6 +30,7 @@ type result struct {
 	n          int
 	variant    string        // the exporter's source, and port when set
 	floor      time.Duration // median bare read of tcp and tcp6
+	dumpFloor  time.Duration // bare sock_diag dump, netlink variants only
 	cpuPerRead time.Duration // exporter CPU over reads, per read
 	rss        int64         // bytes, after the reads
 	p50, p99   time.Duration // /metrics latency
@@ -43,14 +45,15 @@ var variants = []struct {
 	name     string
 	args     []string
 	withPort bool
+	netlink  bool // measured against the netlink floor too
 }{
-	{"proc", []string{"-source", "proc"}, false},
-	{"netlink", []string{"-source", "netlink"}, false},
-	{"netlink, port", []string{"-source", "netlink"}, true},
+	{"proc", []string{"-source", "proc"}, false, false},
+	{"netlink", []string{"-source", "netlink"}, false, true},
+	{"netlink, port", []string{"-source", "netlink"}, true, true},
 }
 
 // measure holds n connections and runs each variant of the exporter,
-// measuring its CPU per read, RSS and scrape latency, and the floor just
+// measuring its CPU per read, RSS and scrape latency, and the floors just
 // before and just after it: the kernel's cost drifts over minutes.
 func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	port := ""
@@ -71,7 +74,15 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 			}
 			args = append(args, "-port", port)
 		}
+		dumpPort := ""
+		if v.withPort {
+			dumpPort = port
+		}
+		var dumps [2]time.Duration
 		before, err := floorReads(21)
+		if err == nil && v.netlink {
+			dumps[0], err = dumpFloor(bins.diagfloor, max(cfg.reads/2, 1), dumpPort)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -80,10 +91,14 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 			return nil, fmt.Errorf("%s: %v", v.name, err)
 		}
 		after, err := floorReads(21)
+		if err == nil && v.netlink {
+			dumps[1], err = dumpFloor(bins.diagfloor, max(cfg.reads/2, 1), dumpPort)
+		}
 		if err != nil {
 			return nil, err
 		}
 		r.n, r.variant, r.floor = n, v.name, median(append(before, after...))
+		r.dumpFloor = (dumps[0] + dumps[1]) / 2
 		rows = append(rows, r)
 	}
 	return rows, nil
@@ -106,8 +121,11 @@ func measureExporter(bin string, cfg runConfig, args []string) (result, error) {
 	time.Sleep(time.Duration(cfg.reads)*time.Second + 500*time.Millisecond) // the default interval
 	cpu1 := cpuTime(pid)
 	reads1 := reads()
-	if reads1-reads0 < float64(cfg.reads) {
-		return r, fmt.Errorf("only %v reads in %d s", reads1-reads0, cfg.reads)
+	switch n := reads1 - reads0; {
+	case n < 1:
+		return r, fmt.Errorf("no read in %d s", cfg.reads)
+	case n < float64(cfg.reads): // a read takes longer than the interval
+		log.Printf("%s: only %v reads in %d s: CPU per read is over those", strings.Join(args, " "), n, cfg.reads)
 	}
 	r.cpuPerRead = time.Duration(float64(cpu1-cpu0) / (reads1 - reads0))
 	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
@@ -298,14 +316,44 @@ func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
 }
 
 func printTable(w io.Writer, rows []result, bins binaries) {
-	fmt.Fprintln(w, "| connections | source | floor: read tcp+tcp6 | exporter CPU per read | ratio to floor | RSS | /metrics p50 | /metrics p99 | series |")
-	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| connections | source | floor: read tcp+tcp6 | floor: bare dump | exporter CPU per read | ratio to /proc floor | ratio to dump | RSS | /metrics p50 | /metrics p99 | series |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %s | %.2fx | %.1f MiB | %s | %s | %d |\n",
-			r.n, r.variant, ms(r.floor), ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor),
+		dump, dumpRatio := "–", "–"
+		if r.dumpFloor > 0 {
+			dump, dumpRatio = ms(r.dumpFloor), fmt.Sprintf("%.2fx", float64(r.cpuPerRead)/float64(r.dumpFloor))
+		}
+		fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %.2fx | %s | %.1f MiB | %s | %s | %d |\n",
+			r.n, r.variant, ms(r.floor), dump, ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor), dumpRatio,
 			float64(r.rss)/(1<<20), ms(r.p50), ms(r.p99), r.series)
 	}
 	fmt.Fprintf(w, "\nstripped static binary: exporter %s, bare net/http server %s\n", size(bins.exporter), size(bins.bare))
+	printGrowth(w, rows)
+}
+
+// printGrowth prints how the netlink exporter's cost and memory grow with
+// the sockets (two a connection), beside the dump's, from the rows at N = 0.
+func printGrowth(w io.Writer, rows []result) {
+	var zero *result
+	for i := range rows {
+		if rows[i].n == 0 && rows[i].variant == "netlink" {
+			zero = &rows[i]
+		}
+	}
+	if zero == nil {
+		return
+	}
+	fmt.Fprintln(w, "\n| connections | source | CPU per read | per socket beyond N=0 | bare dump per socket beyond N=0 | RSS | RSS per socket beyond N=0 |")
+	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		if r.n == 0 || r.variant != "netlink" {
+			continue
+		}
+		socks := float64(2 * r.n)
+		fmt.Fprintf(w, "| %d | %s | %s | %.0f ns | %.0f ns | %.1f MiB | %.0f B |\n",
+			r.n, r.variant, ms(r.cpuPerRead), float64(r.cpuPerRead-zero.cpuPerRead)/socks,
+			float64(r.dumpFloor-zero.dumpFloor)/socks, float64(r.rss)/(1<<20), float64(r.rss-zero.rss)/socks)
+	}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }

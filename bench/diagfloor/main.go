@@ -1,0 +1,152 @@
+// Command diagfloor is the netlink floor of the benchmark: the kernel's own
+// sock_diag dump of TCP sockets, both families, ESTABLISHED and LISTEN, as
+// the exporter asks for it, with raw system calls, the messages walked and
+// nothing parsed. It dumps once an interval, as the exporter reads, since a
+// dump after a pause costs 1.5-2x a back-to-back one (see PERF-NOTES.md
+// in the shared notes), and prints its own CPU time per dump.
+//
+//	diagfloor -dumps 20               # cpu_per_dump_ns=... dumps=20
+//	diagfloor -dumps 20 -port 8080    # listeners, and only port 8080's
+//
+// With -port, as the exporter with a port setting, each family is two
+// requests: the listeners, then the established sockets whose source or
+// destination port is the port, filtered in the kernel.
+package main
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+const (
+	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+	listenStates     = 1 << 10
+	establishedState = 1 << 1
+	diagReqBytecode  = 1  // INET_DIAG_REQ_BYTECODE
+	bcJmp            = 1  // INET_DIAG_BC_JMP
+	bcSrcEq          = 11 // INET_DIAG_BC_S_EQ
+	bcDstEq          = 12 // INET_DIAG_BC_D_EQ
+)
+
+func main() {
+	dumps := flag.Int("dumps", 20, "dumps to measure, after one unmeasured")
+	interval := flag.Duration("interval", time.Second, "time between dumps")
+	port := flag.Int("port", 0, "dump only this port's established sockets (0: all)")
+	flag.Parse()
+	if *dumps < 1 || *dumps > 10000 || *port < 0 || *port > 65535 {
+		fmt.Fprintln(os.Stderr, "diagfloor: bad flags")
+		os.Exit(2)
+	}
+	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "diagfloor:", err)
+		os.Exit(1)
+	}
+	var reqs [][]byte
+	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
+		if *port == 0 {
+			reqs = append(reqs, request(uint32(2*seq+1), family, listenStates|establishedState, 0))
+			continue
+		}
+		reqs = append(reqs, request(uint32(2*seq+1), family, listenStates, 0),
+			request(uint32(2*seq+2), family, establishedState, uint16(*port)))
+	}
+	buf := make([]byte, 64<<10)
+	var msgs int
+	dump := func() {
+		msgs = 0
+		for _, req := range reqs {
+			if err := run(fd, req, buf, &msgs); err != nil {
+				fmt.Fprintln(os.Stderr, "diagfloor:", err)
+				os.Exit(1)
+			}
+		}
+	}
+	dump() // not measured: the first touches pages and code
+	t := time.NewTicker(*interval)
+	defer t.Stop()
+	<-t.C
+	start := cpuTime()
+	for range *dumps {
+		dump()
+		<-t.C
+	}
+	// The window ends at a tick, as it began: one interval a dump, the
+	// runtime's idle wake-ups included, as they are in the exporter's.
+	fmt.Printf("cpu_per_dump_ns=%d dumps=%d sockets=%d\n", (cpuTime()-start)/int64(*dumps), *dumps, msgs)
+}
+
+// request is a dump request for TCP sockets of family in states; a port
+// other than 0 adds a filter: the source or destination port is port.
+func request(seq uint32, family uint8, states uint32, port uint16) []byte {
+	ne := binary.NativeEndian
+	n := 16 + 56
+	if port != 0 {
+		n += 4 + 20
+	}
+	b := ne.AppendUint32(nil, uint32(n))
+	b = ne.AppendUint16(b, sockDiagByFamily)
+	b = ne.AppendUint16(b, syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
+	b = ne.AppendUint32(b, seq)
+	b = ne.AppendUint32(b, 0)
+	b = append(b, family, syscall.IPPROTO_TCP, 0, 0)
+	b = ne.AppendUint32(b, states)
+	b = append(b, make([]byte, 48)...) // inet_diag_sockid: any
+	if port != 0 {
+		op := func(b []byte, code, yes uint8, no uint16) []byte { return ne.AppendUint16(append(b, code, yes), no) }
+		b = ne.AppendUint16(b, 4+20)
+		b = ne.AppendUint16(b, diagReqBytecode)
+		b = op(b, bcSrcEq, 8, 12) // sport == port? accept at 20 : go on at 12
+		b = op(b, 0, 0, port)
+		b = op(b, bcJmp, 4, 12)
+		b = op(b, bcDstEq, 8, 12) // dport == port? accept : reject
+		b = op(b, 0, 0, port)
+	}
+	return b
+}
+
+// run sends req and receives the replies to the end of the dump, walking
+// the messages by their headers only, counting them in msgs.
+func run(fd int, req, buf []byte, msgs *int) error {
+	kernel := syscall.RawSockaddrNetlink{Family: syscall.AF_NETLINK}
+	if _, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&req[0])), uintptr(len(req)),
+		0, uintptr(unsafe.Pointer(&kernel)), unsafe.Sizeof(kernel)); e != 0 {
+		return fmt.Errorf("sendto: %w", e)
+	}
+	ne := binary.NativeEndian
+	for range 1 << 16 {
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0, 0)
+		if e != 0 {
+			return fmt.Errorf("recvfrom: %w", e)
+		}
+		for b := buf[:n]; len(b) >= 16; {
+			l := ne.Uint32(b)
+			switch ne.Uint16(b[4:]) {
+			case syscall.NLMSG_DONE:
+				return nil
+			case syscall.NLMSG_ERROR:
+				return fmt.Errorf("netlink error reply")
+			}
+			if l < 16 || int(l) > len(b) {
+				return fmt.Errorf("bad message length %d", l)
+			}
+			*msgs++
+			b = b[min((int(l)+3)&^3, len(b)):]
+		}
+	}
+	return fmt.Errorf("dump did not end")
+}
+
+// cpuTime is this process's CPU time, all threads: one clock_gettime, so
+// that measuring costs nothing beside a dump.
+func cpuTime() int64 {
+	const clockProcessCPUTimeID = 2
+	var ts syscall.Timespec
+	syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, clockProcessCPUTimeID, uintptr(unsafe.Pointer(&ts)), 0)
+	return ts.Nano()
+}
