@@ -65,7 +65,6 @@ func TestPrometheusScrapes(t *testing.T) {
 }
 
 func prometheusScrapes(t *testing.T, v prometheusVersion) {
-	prometheus := v.tool(t, "prometheus")
 	// Port A listens on [::], dual-stack: its IPv4 clients show in tcp6 as
 	// ::ffff:127.0.0.1 and still count as tcp_version 4. Port C is listed
 	// but has no listener: its zero series exist all the same. A listed
@@ -92,24 +91,7 @@ scrape_configs:
 	if err != nil {
 		t.Fatal(err)
 	}
-	web := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv := startProcess(t, nil, prometheus,
-		"--config.file="+config,
-		"--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+web,
-		"--log.level=warn",
-	)
-	base := "http://" + web
-	waitFor(t, waitLong, "Prometheus to be ready", func() bool {
-		srv.checkRunning(t)
-		resp, err := http.Get(base + "/-/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	t.Logf("Prometheus %s", promBuildVersion(t, base))
+	base := startPrometheus(t, v, config, filepath.Join(dir, "data"))
 
 	waitForEqual(t, "Prometheus to scrape the exporter", map[string]float64{"": 1},
 		promQuery(base, `up{job="tee"}`))
@@ -162,6 +144,31 @@ scrape_configs:
 	if health, lastErr := promTarget(t, base); health != "up" || lastErr != "" {
 		t.Errorf("target health %q, last scrape error %q; want up and none", health, lastErr)
 	}
+}
+
+// startPrometheus runs a Prometheus server of release v with config and
+// its storage in data, and returns its base URL once it is ready.
+func startPrometheus(t *testing.T, v prometheusVersion, config, data string) string {
+	t.Helper()
+	web := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	srv := startProcess(t, nil, v.tool(t, "prometheus"),
+		"--config.file="+config,
+		"--storage.tsdb.path="+data,
+		"--web.listen-address="+web,
+		"--log.level=warn",
+	)
+	base := "http://" + web
+	waitFor(t, waitLong, "Prometheus to be ready", func() bool {
+		srv.checkRunning(t)
+		resp, err := http.Get(base + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	t.Logf("Prometheus %s", promBuildVersion(t, base))
+	return base
 }
 
 // promBuildVersion asks a Prometheus server its version.

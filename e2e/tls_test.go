@@ -530,29 +530,11 @@ func shippedTLSJob(t *testing.T, target string) string {
 // on port with the TLS job that deploy/prometheus/prometheus.yml ships,
 // written beside the tls/ files in root.
 func tlsPrometheus(t *testing.T, v prometheusVersion, root string, port, heldPort int) {
-	prometheus := v.tool(t, "prometheus")
 	config := filepath.Join(root, "prometheus"+v.name+".yml")
 	writeFile(t, config, []byte("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"+
 		shippedTLSJob(t, fmt.Sprintf("127.0.0.1:%d", port))))
-	web := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	data := t.TempDir() // removed after the server is stopped: cleanups run last first
-	srv := startProcess(t, nil, prometheus,
-		"--config.file="+config,
-		"--storage.tsdb.path="+data,
-		"--web.listen-address="+web,
-		"--log.level=warn",
-	)
-	base := "http://" + web
-	waitFor(t, waitLong, "Prometheus to be ready", func() bool {
-		srv.checkRunning(t)
-		resp, err := http.Get(base + "/-/ready")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	t.Logf("Prometheus %s", promBuildVersion(t, base))
+	// The storage is removed after the server is stopped: cleanups run last first.
+	base := startPrometheus(t, v, config, t.TempDir())
 	// The job relabels job to the name rules.yml and the dashboard expect.
 	waitForEqual(t, "Prometheus to scrape the exporter over mTLS", map[string]float64{"": 1},
 		promQuery(base, `up{job="tcp_established_exporter"}`))
