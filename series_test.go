@@ -33,11 +33,7 @@ func TestTrackerLifetimes(t *testing.T) {
 	tr := newTracker(defaultCfg, clock.read)
 	read := func(at time.Duration, socks ...socket) {
 		clock.now = at
-		tr.begin()
-		for _, s := range socks {
-			tr.observe(&s)
-		}
-		tr.end()
+		readOnce(tr, socks)
 	}
 	read(0, lis80, in1, in2, in1Out)
 	read(1500*time.Millisecond, lis80, in1, in2, in1Out)

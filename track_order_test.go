@@ -131,11 +131,7 @@ func TestTrackerOrderFollowing(t *testing.T) {
 					if tr == byMap {
 						tr.order = tr.order[:0] // nothing to follow: every socket through the map
 					}
-					tr.begin()
-					for _, s := range r.sockets {
-						tr.observe(&s)
-					}
-					tr.end()
+					readOnce(tr, r.sockets)
 				}
 				if diff := cmp.Diff(stateOf(byMap), stateOf(follow)); diff != "" {
 					t.Fatalf("read %q: state mismatch (-map +order):\n%s", r.name, diff)

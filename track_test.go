@@ -58,6 +58,15 @@ type fakeClock struct{ now time.Duration }
 
 func (c *fakeClock) read() time.Duration { return c.now }
 
+// readOnce is one whole read of sockets.
+func readOnce(tr *tracker, sockets []socket) {
+	tr.begin()
+	for _, s := range sockets {
+		tr.observe(&s)
+	}
+	tr.end()
+}
+
 var defaultCfg = trackConfig{duration: 6 * time.Second, in: true, tcpv6: true, ownPort: 9690}
 
 func runSteps(t *testing.T, cfg trackConfig, steps []step) *tracker {
@@ -66,11 +75,7 @@ func runSteps(t *testing.T, cfg trackConfig, steps []step) *tracker {
 	tr := newTracker(cfg, clock.read)
 	for i, st := range steps {
 		clock.now = st.at
-		tr.begin()
-		for _, s := range st.sockets {
-			tr.observe(&s)
-		}
-		tr.end()
+		readOnce(tr, st.sockets)
 		if diff := cmp.Diff(st.want, rows(tr)); diff != "" {
 			t.Fatalf("step %d (at %s): series mismatch (-want +got):\n%s", i, st.at, diff)
 		}
@@ -373,17 +378,10 @@ func runClientSteps(t *testing.T, cfg trackConfig, steps []clientStep) *tracker 
 	tr := newTracker(cfg, clock.read)
 	for i, st := range steps {
 		clock.now = st.at
-		tr.begin()
-		for _, s := range st.sockets {
-			tr.observe(&s)
-		}
-		tr.end()
+		readOnce(tr, st.sockets)
 		got := make(map[string]int)
-		for _, r := range rows(tr) {
-			got[r.Key] = 0
-		}
 		for _, s := range tr.sorted {
-			got[rowKey(s.key)] += s.clients
+			got[rowKey(s.key)] = s.clients
 		}
 		if cfg.simple {
 			if tr.allClients != st.wantAll {
