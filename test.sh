@@ -4,7 +4,8 @@
 # server, 2.x), iproute2 (ss, network namespaces), chromium, r-cran-shiny
 # and nodejs (real browsers on a real Shiny app and a node server),
 # qemu-user-static (the other architectures' binaries), systemd (for
-# systemd-analyze), git, curl and openssl (the TLS tests run README's
+# systemd-analyze), git, curl, shellcheck (actionlint runs it on the
+# workflow's scripts) and openssl (the TLS tests run README's
 # commands that make a test CA); and Prometheus 3 with its promtool, built
 # from the Go module proxy at a pinned version outside the project's go.mod
 # and cached between runs. Then it checks the formatting, vets, lints the
@@ -22,6 +23,7 @@ command -v Rscript >/dev/null && Rscript -e 'library(shiny)' >/dev/null 2>&1 || 
 command -v node >/dev/null || need+=(nodejs)
 command -v git >/dev/null || need+=(git)
 command -v curl >/dev/null || need+=(curl)
+command -v shellcheck >/dev/null || need+=(shellcheck) # actionlint checks the workflow's scripts with it
 command -v openssl >/dev/null || need+=(openssl)
 command -v qemu-aarch64-static >/dev/null && command -v qemu-arm-static >/dev/null &&
 	command -v qemu-riscv64-static >/dev/null && command -v qemu-s390x-static >/dev/null || need+=(qemu-user-static)
