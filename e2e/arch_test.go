@@ -319,20 +319,7 @@ func TestArch386(t *testing.T) {
 		for _, tool := range []string{"unshare", "chroot", "mount"} {
 			lookPath(t, tool)
 		}
-		root := t.TempDir()
-		if err := os.Chmod(root, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		data, err := os.ReadFile(bin)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, "tcp_established_exporter"), data, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Mkdir(filepath.Join(root, "proc"), 0o555); err != nil {
-			t.Fatal(err)
-		}
+		root := scratchRoot(t, bin)
 		archCheck(t, netlink, func(port int, args ...string) *archProc {
 			return archStart(t, port, append([]string{"unshare", "--mount", "--fork", "sh", "-c",
 				`root=$1; shift; mount -t proc proc "$root/proc" && exec chroot --userspec=65534:65534 "$root" /tcp_established_exporter "$@"`,

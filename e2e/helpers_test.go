@@ -671,3 +671,24 @@ func scrapeInNetns(ip, ns, self, u string) (string, error) {
 	}
 	return string(out), err
 }
+
+// scratchRoot makes what the scratch image holds: the binary at
+// /tcp_established_exporter and an empty /proc to mount, nothing else.
+func scratchRoot(t *testing.T, bin string) string {
+	t.Helper()
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "tcp_established_exporter"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, "proc"), 0o555); err != nil {
+		t.Fatal(err)
+	}
+	return root
+}

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -49,20 +48,7 @@ func TestScratchImage(t *testing.T) {
 	t.Logf("binary: %d bytes (%.2f MiB): %s", fi.Size(), float64(fi.Size())/(1<<20), strings.TrimSpace(string(kind)))
 
 	// The image: the binary and an empty /proc, nothing else.
-	root := t.TempDir()
-	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "tcp_established_exporter"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Mkdir(filepath.Join(root, "proc"), 0o555); err != nil {
-		t.Fatal(err)
-	}
+	root := scratchRoot(t, bin)
 	entries, err := os.ReadDir(root)
 	if err != nil {
 		t.Fatal(err)
