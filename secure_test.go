@@ -131,7 +131,8 @@ func issueTestCert(t testing.TB, dir, name string, tmpl, parent *x509.Certificat
 	return certFile, keyFile
 }
 
-func readTestCert(t testing.TB, path string) *x509.Certificate {
+// readTestPEM returns the DER bytes of the first PEM block in path.
+func readTestPEM(t testing.TB, path string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -141,7 +142,12 @@ func readTestCert(t testing.TB, path string) *x509.Certificate {
 	if block == nil {
 		t.Fatalf("%s holds no PEM block", path)
 	}
-	c, err := x509.ParseCertificate(block.Bytes)
+	return block.Bytes
+}
+
+func readTestCert(t testing.TB, path string) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(readTestPEM(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,15 +156,7 @@ func readTestCert(t testing.TB, path string) *x509.Certificate {
 
 func readTestKey(t testing.TB, path string) *ecdsa.PrivateKey {
 	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, _ := pem.Decode(data)
-	if block == nil {
-		t.Fatalf("%s holds no PEM block", path)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(readTestPEM(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
