@@ -209,9 +209,20 @@ func (d *diagSource) send(family uint8, states uint32, ports []uint16) error {
 
 // recv reads one datagram into d.buf. MSG_TRUNC makes the kernel report the
 // datagram's full length, so a truncated read is detected, not misparsed.
+//
+// A reply is almost always there already: the kernel builds the next
+// datagram of a dump inside the call that takes the previous one. So recv
+// first takes it with a raw call that cannot block, and only when none is
+// queued waits in a call the scheduler knows of. A blocking call for each of
+// the thousands of datagrams of a large table would have the runtime hand
+// the thread's processor over and back each time, a cost of its own that
+// the kernel's dump does not have (see PERF-NOTES.md).
 func (d *diagSource) recv() (int, error) {
 	for {
-		n, errno := recvfrom(d.fd, d.buf, syscall.MSG_TRUNC)
+		n, errno := recvfromNow(d.fd, d.buf, syscall.MSG_TRUNC)
+		if errno == syscall.EAGAIN {
+			n, errno = recvfrom(d.fd, d.buf, syscall.MSG_TRUNC)
+		}
 		switch {
 		case errno == syscall.EINTR:
 			continue

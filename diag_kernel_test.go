@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -228,6 +229,49 @@ func TestDiagDumpRecovers(t *testing.T) {
 	}
 	if err := d.dump(nil, func(*socket) {}); err != nil {
 		t.Errorf("second dump = %v, want success", err)
+	}
+}
+
+// TestDiagRecvWaits: recv takes a queued datagram without blocking and,
+// when none is queued, waits for one in a blocking call, up to the socket's
+// receive timeout. A datagram socket pair stands in for the kernel's side.
+func TestDiagRecvWaits(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fds[0]); syscall.Close(fds[1]) })
+	timeout := func(d time.Duration) {
+		tv := syscall.NsecToTimeval(int64(d))
+		if err := syscall.SetsockoptTimeval(fds[0], syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := &diagSource{fd: fds[0], buf: make([]byte, diagBufSize)}
+	if _, errno := recvfromNow(d.fd, d.buf, 0); errno != syscall.EAGAIN {
+		t.Fatalf("recvfromNow on an empty socket = %v, want EAGAIN", errno)
+	}
+	// The kernel never ends a timeout early: a recv that returns sooner
+	// did not wait.
+	const short = 50 * time.Millisecond
+	timeout(short)
+	start := time.Now()
+	_, err = d.recv()
+	if took := time.Since(start); !errors.Is(err, syscall.EAGAIN) || took < short {
+		t.Errorf("recv on an empty socket = %v after %v, want the timeout after at least %v", err, took, short)
+	}
+	timeout(time.Minute)
+	sent := make(chan error, 1)
+	go func() {
+		_, err := syscall.Write(fds[1], []byte("late reply"))
+		sent <- err
+	}()
+	n, err := d.recv()
+	if got := string(d.buf[:n]); err != nil || got != "late reply" {
+		t.Errorf("recv = %q, %v; want the datagram sent meanwhile", got, err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
 	}
 }
 

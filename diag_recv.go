@@ -15,3 +15,11 @@ func recvfrom(fd int, p []byte, flags int) (int, syscall.Errno) {
 		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags), 0, 0)
 	return int(n), errno
 }
+
+// recvfromNow is recvfrom with MSG_DONTWAIT, as a raw system call: one
+// that cannot block needs no round trip through the scheduler.
+func recvfromNow(fd int, p []byte, flags int) (int, syscall.Errno) {
+	n, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd),
+		uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags|syscall.MSG_DONTWAIT), 0, 0)
+	return int(n), errno
+}

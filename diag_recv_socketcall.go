@@ -24,3 +24,12 @@ func recvfrom(fd int, p []byte, flags int) (int, syscall.Errno) {
 	runtime.KeepAlive(p) // args holds its address as a plain number
 	return int(n), errno
 }
+
+// recvfromNow is recvfrom with MSG_DONTWAIT, as a raw system call: one
+// that cannot block needs no round trip through the scheduler.
+func recvfromNow(fd int, p []byte, flags int) (int, syscall.Errno) {
+	args := [6]uintptr{uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), uintptr(flags | syscall.MSG_DONTWAIT), 0, 0}
+	n, _, errno := syscall.RawSyscall(syscall.SYS_SOCKETCALL, socketcallRecvfrom, uintptr(unsafe.Pointer(&args)), 0)
+	runtime.KeepAlive(p)
+	return int(n), errno
+}
