@@ -225,7 +225,81 @@ func nextField(b []byte) (field, rest []byte) {
 // parseLine parses one socket line into s:
 //
 //	sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode ...
+//
+// A line laid out as the kernel prints it takes parseKernelLine; any other
+// goes field by field, with the same outcome.
 func parseLine(b []byte, s *socket) error {
+	if parseKernelLine(b, s) {
+		return nil
+	}
+	return parseFields(b, s)
+}
+
+// parseKernelLine parses a well-formed line in the kernel's own layout,
+//
+//	"%4d: %08X:%04X %08X:%04X %02X %08X:%08X %02X:%08lX %08X %5u %8d %lu ..."
+//
+// (the addresses 32 hex digits in tcp6), where every field up to the uid
+// has a fixed width: it checks the separators where they must be instead of
+// looking for them. It reports false for any line it does not take, which
+// parseFields then judges, so that its result is always parseFields'.
+func parseKernelLine(b []byte, s *socket) bool {
+	i := 0
+	for i < len(b) && b[i] == ' ' {
+		i++
+	}
+	j := i
+	for j < len(b) && '0' <= b[j] && b[j] <= '9' {
+		j++
+	}
+	if j == i || j >= len(b) || b[j] != ':' {
+		return false
+	}
+	b = b[j+1:]
+	n := 8 + 1 + 4 // an address and its port
+	if len(b) > 9 && b[9] != ':' {
+		n = 32 + 1 + 4
+	}
+	// After the addresses, " st tx_queue:rx_queue tr:tm->when retrnsmt "
+	// of 2, 17, 11 and 8 bytes: spaces where they separate, and only
+	// there (st is checked as hex).
+	const tail = 1 + 2 + 1 + 17 + 1 + 11 + 1 + 8 + 1
+	if len(b) < 2+2*n+tail || b[0] != ' ' || b[1+n] != ' ' {
+		return false
+	}
+	m := b[2+2*n:]
+	if m[0] != ' ' || m[3] != ' ' || m[21] != ' ' || m[33] != ' ' || m[42] != ' ' || bytes.Count(m[4:42], space) != 2 {
+		return false
+	}
+	uid, rest := nextField(m[tail:])
+	timeout, rest := nextField(rest)
+	inode, _ := nextField(rest)
+	if len(uid) == 0 || len(timeout) == 0 {
+		return false
+	}
+	var ok bool
+	if s.Inode, ok = parseDecimal(inode); !ok {
+		return false
+	}
+	st, ok := parseHex(m[1:3])
+	if !ok {
+		return false
+	}
+	var err error
+	if s.Local, err = parseAddrPort(b[1 : 1+n]); err != nil {
+		return false
+	}
+	if s.Remote, err = parseAddrPort(b[2+n : 2+2*n]); err != nil {
+		return false
+	}
+	s.State = tcpState(st)
+	return true
+}
+
+var space = []byte{' '}
+
+// parseFields is parseLine for any line: it splits the fields at spaces.
+func parseFields(b []byte, s *socket) error {
 	var f [10][]byte
 	for i := range f {
 		f[i], b = nextField(b)
@@ -292,14 +366,13 @@ func parseHex(b []byte) (uint64, bool) {
 		return 0, false
 	}
 	var v uint64
+	var bad byte // a digit's value, or'ed: above 0xf if any was not one
 	for _, c := range b {
 		d := hexValue[c]
-		if d > 0xf {
-			return 0, false
-		}
-		v = v<<4 | uint64(d)
+		bad |= d
+		v = v<<4 | uint64(d&0xf)
 	}
-	return v, true
+	return v, bad <= 0xf
 }
 
 // parseDecimal parses an unsigned decimal that fits in 64 bits.

@@ -304,8 +304,12 @@ func FuzzParseLine(f *testing.F) {
 		f.Add(line)
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		var s socket
-		if parseLine(line, &s) != nil {
+		var fast, s socket
+		err := parseFields(line, &s)
+		if parseKernelLine(line, &fast) && (err != nil || fast != s) {
+			t.Fatalf("%q: the kernel's layout gives %+v, field by field %+v, %v", line, fast, s, err)
+		}
+		if err != nil {
 			return
 		}
 		in, out := spaceFields(line), spaceFields([]byte(formatLine(s)))
@@ -319,6 +323,54 @@ func FuzzParseLine(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestKernelLayout: every socket line of the real captures, whatever their
+// slot numbers' width, takes parseKernelLine, and one that the kernel did
+// not lay out takes parseFields (FuzzParseLine holds that both agree).
+func TestKernelLayout(t *testing.T) {
+	lines := 0
+	for _, path := range []string{captureDir + "/tcp", captureDir + "/tcp6"} {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, line := range bytes.Split(bytes.TrimSuffix(data, []byte("\n")), []byte("\n"))[1:] {
+			var s socket
+			if !parseKernelLine(line, &s) {
+				t.Errorf("%s:%d: %q does not take the kernel's layout", path, i+2, line)
+			}
+			lines++
+		}
+	}
+	if lines == 0 {
+		t.Fatal("the captures hold no socket line")
+	}
+	var s socket
+	if wide := appendLine(nil, 123456, testSocket6); !parseKernelLine(wide, &s) || s != testSocket6 {
+		t.Errorf("%q: parsed %+v by the kernel's layout, want %+v", wide, s, testSocket6)
+	}
+	line := []byte(formatLine(testSocket))
+	for _, c := range []struct {
+		old, new string
+		err      error
+	}{
+		{" 00000000:00000000 ", " 0000000:00000000  ", nil}, // fields moved
+		{": ", ":  ", nil},        // two spaces after sl
+		{" 01 ", " 1 ", errState}, // a one-digit state
+	} {
+		forged := bytes.Replace(line, []byte(c.old), []byte(c.new), 1)
+		if bytes.Equal(forged, line) {
+			t.Fatalf("no %q in %q", c.old, line)
+		}
+		var s socket
+		if parseKernelLine(forged, &s) {
+			t.Errorf("%q takes the kernel's layout", forged)
+		}
+		if err := parseLine(forged, &s); err != c.err || err == nil && s != testSocket {
+			t.Errorf("parseLine(%q) = %+v, %v; want %+v, %v", forged, s, err, testSocket, c.err)
+		}
+	}
 }
 
 func trimZeros(b []byte) []byte {
