@@ -1,9 +1,9 @@
 // Command bench measures what the exporter costs beside two floors, at
 // several numbers of real established loopback connections, and prints one
-// table: the floor that no user-space reader of /proc/net/tcp{,6} can go
-// below, and the netlink floor, the kernel's own sock_diag dump in a
-// process of its own (./diagfloor) that walks the replies and parses
-// nothing, one dump a second as the exporter reads.
+// table. The floors are the least any reader of the tables spends, measured
+// by a process of its own (./floor) that reads once a second as the
+// exporter does and parses nothing: raw reads of /proc/net/tcp{,6}, and the
+// kernel's own sock_diag dump.
 //
 //	go run ./bench                  # N = 0, 1000, 10000, 50000, 200000
 //	go run ./bench -n 0,1000 -reads 30
@@ -109,18 +109,18 @@ func reexecInNetns() bool {
 
 // binaries are the programs a run measures or uses.
 type binaries struct {
-	exporter, bare, load, diagfloor string
+	exporter, bare, load, floor string
 }
 
 // buildAll builds the exporter as the Dockerfile does, a bare net/http
 // server with the same flags (the size the exporter cannot go below), the
-// load tool and the netlink floor.
+// load tool and the floor.
 func buildAll(dir string) (binaries, error) {
 	b := binaries{
-		exporter:  filepath.Join(dir, "tcp_established_exporter"),
-		bare:      filepath.Join(dir, "bare"),
-		load:      filepath.Join(dir, "load"),
-		diagfloor: filepath.Join(dir, "diagfloor"),
+		exporter: filepath.Join(dir, "tcp_established_exporter"),
+		bare:     filepath.Join(dir, "bare"),
+		load:     filepath.Join(dir, "load"),
+		floor:    filepath.Join(dir, "floor"),
 	}
 	bareSrc := filepath.Join(dir, "baresrc")
 	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
@@ -134,7 +134,7 @@ func buildAll(dir string) (binaries, error) {
 	}
 	for _, c := range []struct{ dir, out, pkg string }{
 		{".", b.exporter, "."}, {bareSrc, b.bare, "."}, {".", b.load, "./bench/load"},
-		{".", b.diagfloor, "./bench/diagfloor"},
+		{".", b.floor, "./bench/floor"},
 	} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", c.out, c.pkg)
 		cmd.Dir = c.dir

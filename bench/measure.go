@@ -9,13 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // runConfig is what every measurement of one run shares.
@@ -29,7 +27,7 @@ type runConfig struct {
 type result struct {
 	n          int
 	variant    string        // the exporter's source, and port when set
-	floor      time.Duration // median bare read of tcp and tcp6
+	floor      time.Duration // bare read of tcp and tcp6
 	dumpFloor  time.Duration // bare sock_diag dump, netlink variants only
 	cpuPerRead time.Duration // exporter CPU over reads, per read
 	rss        int64         // bytes, after the reads
@@ -78,27 +76,27 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 		if v.withPort {
 			dumpPort = port
 		}
-		var dumps [2]time.Duration
-		before, err := floorReads(21)
-		if err == nil && v.netlink {
-			dumps[0], err = dumpFloor(bins.diagfloor, max(cfg.reads/2, 1), dumpPort)
+		var procs, dumps [2]time.Duration
+		floors := func(i int) error {
+			var err error
+			procs[i], err = runFloor(bins.floor, max(cfg.reads/2, 1), "proc", "")
+			if err == nil && v.netlink {
+				dumps[i], err = runFloor(bins.floor, max(cfg.reads/2, 1), "netlink", dumpPort)
+			}
+			return err
 		}
-		if err != nil {
+		if err := floors(0); err != nil {
 			return nil, err
 		}
 		r, err := measureExporter(bins.exporter, cfg, args)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", v.name, err)
 		}
-		after, err := floorReads(21)
-		if err == nil && v.netlink {
-			dumps[1], err = dumpFloor(bins.diagfloor, max(cfg.reads/2, 1), dumpPort)
-		}
-		if err != nil {
+		if err := floors(1); err != nil {
 			return nil, err
 		}
-		r.n, r.variant, r.floor = n, v.name, median(append(before, after...))
-		r.dumpFloor = (dumps[0] + dumps[1]) / 2
+		r.n, r.variant = n, v.name
+		r.floor, r.dumpFloor = (procs[0]+procs[1])/2, (dumps[0]+dumps[1])/2
 		rows = append(rows, r)
 	}
 	return rows, nil
@@ -183,58 +181,6 @@ func startExporter(bin string, args []string) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("%v\n%s", err, logs.String())
 	}
 	return cmd, nil
-}
-
-// floorReads measures, times times, the CPU time to read /proc/net/tcp and
-// tcp6 once, with raw read(2) calls into a large reused buffer and no
-// parsing: the cost that no reader of these files can go below. It is CPU
-// time, as the exporter's is, so that other work on the machine does not
-// inflate it.
-func floorReads(times int) ([]time.Duration, error) {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	buf := make([]byte, 1<<20)
-	d := make([]time.Duration, 0, times)
-	for range times {
-		start := threadCPU()
-		for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-			if err := readAll(f, buf); err != nil {
-				return nil, err
-			}
-		}
-		d = append(d, threadCPU()-start)
-	}
-	return d, nil
-}
-
-func median(d []time.Duration) time.Duration {
-	slices.Sort(d)
-	return d[len(d)/2]
-}
-
-// threadCPU is the calling thread's CPU time.
-func threadCPU() time.Duration {
-	const clockThreadCPUTimeID = 3
-	var ts syscall.Timespec
-	syscall.RawSyscall(syscall.SYS_CLOCK_GETTIME, clockThreadCPUTimeID, uintptr(unsafe.Pointer(&ts)), 0)
-	return time.Duration(ts.Nano())
-}
-
-func readAll(path string, buf []byte) error {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer syscall.Close(fd)
-	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
-		if e != 0 {
-			return e
-		}
-		if n == 0 {
-			return nil
-		}
-	}
 }
 
 // cpuTime is the CPU time of every thread of pid, in nanoseconds, from

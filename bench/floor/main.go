@@ -1,16 +1,23 @@
-// Command diagfloor is the netlink floor of the benchmark: the kernel's own
-// sock_diag dump of TCP sockets, both families, ESTABLISHED and LISTEN, as
-// the exporter asks for it, with raw system calls, the messages walked and
-// nothing parsed. It dumps once an interval, as the exporter reads, since a
-// dump after a pause costs 1.5-2x a back-to-back one (see PERF-NOTES.md
-// in the shared notes), and prints its own CPU time per dump.
+// Command floor is what the benchmark compares the exporter with: the
+// least a reader of the connection tables must spend. It reads the tables
+// once an interval, as the exporter does, since a read after a pause costs
+// 1.5-2x a back-to-back one (the kernel's structures have left the cache;
+// see PERF-NOTES.md in the shared notes), and prints its own CPU time per
+// read, all threads, the Go runtime's idle wake-ups included as they are in
+// the exporter's. It makes raw system calls and parses nothing.
 //
-//	diagfloor -dumps 20               # cpu_per_dump_ns=... dumps=20
-//	diagfloor -dumps 20 -port 8080    # listeners, and only port 8080's
+// With -source netlink (the default) a read is the kernel's own sock_diag
+// dump of TCP sockets, both families, ESTABLISHED and LISTEN, as the
+// exporter asks for it, the messages walked by their headers. With -port,
+// as the exporter with a port setting, each family is two requests: the
+// listeners, then the established sockets whose source or destination port
+// is the port, filtered in the kernel. With -source proc a read is
+// /proc/net/tcp then /proc/net/tcp6, opened and read to their end into a
+// large buffer.
 //
-// With -port, as the exporter with a port setting, each family is two
-// requests: the listeners, then the established sockets whose source or
-// destination port is the port, filtered in the kernel.
+//	floor -reads 20                   # cpu_per_read_ns=... reads=20
+//	floor -reads 20 -port 8080        # listeners, and only port 8080's
+//	floor -reads 20 -source proc
 package main
 
 import (
@@ -34,51 +41,94 @@ const (
 )
 
 func main() {
-	dumps := flag.Int("dumps", 20, "dumps to measure, after one unmeasured")
-	interval := flag.Duration("interval", time.Second, "time between dumps")
-	port := flag.Int("port", 0, "dump only this port's established sockets (0: all)")
+	reads := flag.Int("reads", 20, "reads to measure, after one unmeasured")
+	interval := flag.Duration("interval", time.Second, "time between reads")
+	source := flag.String("source", "netlink", "netlink or proc")
+	port := flag.Int("port", 0, "netlink: dump only this port's established sockets (0: all)")
 	flag.Parse()
-	if *dumps < 1 || *dumps > 10000 || *port < 0 || *port > 65535 {
-		fmt.Fprintln(os.Stderr, "diagfloor: bad flags")
+	if *reads < 1 || *reads > 10000 || *port < 0 || *port > 65535 || *source != "netlink" && *source != "proc" ||
+		*source == "proc" && *port != 0 {
+		fmt.Fprintln(os.Stderr, "floor: bad flags")
 		os.Exit(2)
 	}
-	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "diagfloor:", err)
-		os.Exit(1)
+	read := readProc
+	if *source == "netlink" {
+		read = dumper(uint16(*port))
 	}
-	var reqs [][]byte
-	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
-		if *port == 0 {
-			reqs = append(reqs, request(uint32(2*seq+1), family, listenStates|establishedState, 0))
-			continue
-		}
-		reqs = append(reqs, request(uint32(2*seq+1), family, listenStates, 0),
-			request(uint32(2*seq+2), family, establishedState, uint16(*port)))
-	}
-	buf := make([]byte, 64<<10)
-	var msgs int
-	dump := func() {
-		msgs = 0
-		for _, req := range reqs {
-			if err := run(fd, req, buf, &msgs); err != nil {
-				fmt.Fprintln(os.Stderr, "diagfloor:", err)
-				os.Exit(1)
-			}
-		}
-	}
-	dump() // not measured: the first touches pages and code
+	buf := make([]byte, 1<<20)
+	read(buf) // not measured: the first touches pages and code
 	t := time.NewTicker(*interval)
 	defer t.Stop()
 	<-t.C
 	start := cpuTime()
-	for range *dumps {
-		dump()
+	var n int
+	for range *reads {
+		n = read(buf)
 		<-t.C
 	}
-	// The window ends at a tick, as it began: one interval a dump, the
+	// The window ends at a tick, as it began: one interval a read, the
 	// runtime's idle wake-ups included, as they are in the exporter's.
-	fmt.Printf("cpu_per_dump_ns=%d dumps=%d sockets=%d\n", (cpuTime()-start)/int64(*dumps), *dumps, msgs)
+	unit := "sockets"
+	if *source == "proc" {
+		unit = "bytes"
+	}
+	fmt.Printf("cpu_per_read_ns=%d reads=%d %s=%d\n", (cpuTime()-start)/int64(*reads), *reads, unit, n)
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "floor:", err)
+	os.Exit(1)
+}
+
+// readProc reads /proc/net/tcp and tcp6 into buf, over and over, and
+// returns the bytes read.
+func readProc(buf []byte) int {
+	total := 0
+	for _, path := range [...]string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			fail(err)
+		}
+		for {
+			n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
+			if e != 0 {
+				fail(fmt.Errorf("read %s: %w", path, e))
+			}
+			if n == 0 {
+				break
+			}
+			total += int(n)
+		}
+		syscall.Close(fd)
+	}
+	return total
+}
+
+// dumper returns a read of the sock_diag dump: both families, all ports or
+// one, and the sockets it listed.
+func dumper(port uint16) func(buf []byte) int {
+	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
+	if err != nil {
+		fail(err)
+	}
+	var reqs [][]byte
+	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
+		if port == 0 {
+			reqs = append(reqs, request(uint32(2*seq+1), family, listenStates|establishedState, 0))
+			continue
+		}
+		reqs = append(reqs, request(uint32(2*seq+1), family, listenStates, 0),
+			request(uint32(2*seq+2), family, establishedState, port))
+	}
+	return func(buf []byte) int {
+		msgs := 0
+		for _, req := range reqs {
+			if err := run(fd, req, buf[:64<<10], &msgs); err != nil {
+				fail(err)
+			}
+		}
+		return msgs
+	}
 }
 
 // request is a dump request for TCP sockets of family in states; a port
