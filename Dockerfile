@@ -14,13 +14,17 @@ WORKDIR /src
 COPY go.mod ./
 COPY *.go ./
 # arm/v6 and arm/v7 are GOARM 6 and 7; other variants (amd64/v2, arm64/v8)
-# keep Go's default level.
+# keep Go's default level. The crypto packages are compiled without
+# inlining: 320 KB less code, on every architecture, for a TLS handshake
+# that costs 0.9 ms instead of 0.55 with an RSA key and the same with ECDSA
+# (go test -bench HandshakeServer crypto/tls, with and without the flag).
+# Reading the tables touches no crypto.
 RUN case "$TARGETARCH/$TARGETVARIANT" in \
 	arm/v6) export GOARM=6 ;; \
 	arm/v7 | arm/) export GOARM=7 ;; \
 	esac && \
 	CGO_ENABLED=0 GOOS="$TARGETOS" GOARCH="$TARGETARCH" GOFLAGS= \
-	go build -trimpath -buildvcs=false \
+	go build -trimpath -buildvcs=false -gcflags='crypto/...=-l' \
 	-ldflags="-s -w -buildid= -X main.version=${VERSION}" \
 	-o /tcp_established_exporter .
 
