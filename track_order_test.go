@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -151,20 +150,8 @@ func TestTrackerOrderFollowing(t *testing.T) {
 // caches emptied between reads, outside the timer, as the kernel's walk of
 // its socket hash empties them before the exporter sees a socket.
 func BenchmarkTrackerObserve50kCold(b *testing.B) {
-	g := newGeneratedRead(defaultCfg, 50000)
-	var socks []socket
-	for _, table := range g.tables {
-		g.parser.parse(bytes.NewReader(table), "generated", func(s *socket) { socks = append(socks, *s) }, failOnBad)
-	}
+	read := trackerReads(newGeneratedRead(defaultCfg, 50000))
 	evict := make([]byte, 32<<20)
-	read := func() {
-		g.clock.now += time.Second
-		g.tr.begin()
-		for i := range socks {
-			g.tr.observe(&socks[i])
-		}
-		g.tr.end()
-	}
 	read()
 	read()
 	b.ReportAllocs()
