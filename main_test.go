@@ -160,6 +160,13 @@ func dial(t testing.TB, n int, network, addr string) []net.Conn {
 // when serve must return nil. It returns the base URL, http://127.0.0.1:PORT.
 func startServer(t testing.TB, args ...string) string {
 	t.Helper()
+	return "http://" + runServe(t, log.New(io.Discard, "", 0), args...)
+}
+
+// runServe is startServer logging to logger; it returns the address,
+// 127.0.0.1:PORT.
+func runServe(t testing.TB, logger *log.Logger, args ...string) string {
+	t.Helper()
 	s, err := loadSettings(args, func(string) string { return "" })
 	if err != nil {
 		t.Fatal(err)
@@ -170,7 +177,7 @@ func startServer(t testing.TB, args ...string) string {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, s, ln, log.New(io.Discard, "", 0)) }()
+	go func() { done <- serve(ctx, s, ln, logger) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -182,7 +189,7 @@ func startServer(t testing.TB, args ...string) string {
 			t.Errorf("serve did not return 20s after its context was cancelled")
 		}
 	})
-	return "http://" + ln.Addr().String()
+	return ln.Addr().String()
 }
 
 // seriesOf picks the samples of one family for the given ports, keyed by

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -192,30 +191,8 @@ func (l *secureLog) String() string {
 // with the given flags, and stops it at the end of the test.
 func serveSecure(t *testing.T, args ...string) (addr string, logs *secureLog) {
 	t.Helper()
-	s, err := loadSettings(append([]string{"-interval", "100ms"}, args...), func(string) string { return "" })
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	logs = new(secureLog)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, s, ln, log.New(logs, "", log.LstdFlags)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("serve: %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("serve did not return 20s after its context was cancelled")
-		}
-	})
-	return ln.Addr().String(), logs
+	return runServe(t, log.New(logs, "", log.LstdFlags), append([]string{"-interval", "100ms"}, args...)...), logs
 }
 
 // secureWait polls cond until it holds, or fails the test at the deadline
