@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // procfsDir lays out tables as <dir>/net/tcp and tcp6 and returns dir.
@@ -55,9 +57,9 @@ func TestHealthMetrics(t *testing.T) {
 		t.Run(source, func(t *testing.T) {
 			base := startServer(t, "-interval", "50ms", "-source", source)
 			var body string
-			waitFor(t, 30*time.Second, "three reads", func() bool {
-				body = scrape(t, base)
-				return samples(body, readsName)[`file="`+files[0]+`"`] >= 3
+			testnet.WaitFor(t, 30*time.Second, "three reads", func() bool {
+				body = testnet.Scrape(t, base)
+				return testnet.Samples(body, readsName)[`file="`+files[0]+`"`] >= 3
 			})
 			checkHealth(t, body, files)
 		})
@@ -66,7 +68,7 @@ func TestHealthMetrics(t *testing.T) {
 
 func checkHealth(t *testing.T, body string, files []string) {
 	t.Helper()
-	build := samples(body, buildInfoName)
+	build := testnet.Samples(body, buildInfoName)
 	if want := fmt.Sprintf(`version="%s",goversion="%s"`, buildVersion(), runtime.Version()); build[want] != 1 {
 		t.Errorf("build info = %v, want %s 1", build, want)
 	}
@@ -75,14 +77,14 @@ func checkHealth(t *testing.T, body string, files []string) {
 		for _, file := range files {
 			want[`file="`+file+`"`] = 0
 		}
-		if diff := cmp.Diff(want, samples(body, name)); diff != "" {
+		if diff := cmp.Diff(want, testnet.Samples(body, name)); diff != "" {
 			t.Errorf("%s mismatch (-want +got):\n%s", name, diff)
 		}
 	}
-	if v := samples(body, lastReadName)[""]; v <= 0 || v > 10 {
+	if v := testnet.Samples(body, lastReadName)[""]; v <= 0 || v > 10 {
 		t.Errorf("%s = %v, want a positive duration", lastReadName, v)
 	}
-	if _, ok := samples(body, trackedName)[""]; !ok {
+	if _, ok := testnet.Samples(body, trackedName)[""]; !ok {
 		t.Errorf("%s missing", trackedName)
 	}
 }
@@ -91,14 +93,14 @@ func checkHealth(t *testing.T, body string, files []string) {
 // over the same real IPv4, IPv6 and IPv4-mapped connections: both must
 // give the same counts, whatever the direction, with and without port.
 func TestSourcesAgree(t *testing.T) {
-	v4 := listenLoopback(t, "tcp4", "127.0.0.1:0")
-	v6 := listenLoopback(t, "tcp6", "[::1]:0")
-	dual := listenLoopback(t, "tcp", "[::]:0")
-	dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", v4.port))
-	dial(t, 2, "tcp6", fmt.Sprintf("[::1]:%d", v6.port))
-	dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", dual.port))
-	dial(t, 1, "tcp6", fmt.Sprintf("[::1]:%d", dual.port))
-	ports := []int{v4.port, v6.port, dual.port}
+	v4 := testnet.Listen(t, "tcp4", "127.0.0.1:0")
+	v6 := testnet.Listen(t, "tcp6", "[::1]:0")
+	dual := testnet.Listen(t, "tcp", "[::]:0")
+	testnet.Dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", v4.Port))
+	testnet.Dial(t, 2, "tcp6", fmt.Sprintf("[::1]:%d", v6.Port))
+	testnet.Dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", dual.Port))
+	testnet.Dial(t, 1, "tcp6", fmt.Sprintf("[::1]:%d", dual.Port))
+	ports := []int{v4.Port, v6.Port, dual.Port}
 	series := func(dir string, port int, version string, n float64) (string, float64) {
 		if dir != "" {
 			dir = `direction="` + dir + `",`
@@ -111,7 +113,7 @@ func TestSourcesAgree(t *testing.T) {
 		port    int
 		version string
 		n       float64
-	}{{v4.port, "4", 2}, {v6.port, "6", 2}, {dual.port, "4", 2}, {dual.port, "6", 1}} {
+	}{{v4.Port, "4", 2}, {v6.Port, "6", 2}, {dual.Port, "4", 2}, {dual.Port, "6", 1}} {
 		k, v := series("", s.port, s.version, s.n)
 		in[k] = v
 		k, v = series("out", s.port, s.version, s.n)
@@ -125,10 +127,10 @@ func TestSourcesAgree(t *testing.T) {
 		{"in", nil, in},
 		{"out", []string{"-direction", "out"}, out},
 		{"all", []string{"-direction", "all"}, merge(prefixed(in, `direction="in",`), out)},
-		{"in port", []string{"-port", fmt.Sprint(dual.port)}, only(in, dual.port)},
-		{"out port", []string{"-direction", "out", "-port", fmt.Sprint(dual.port)}, only(out, dual.port)},
-		{"all port", []string{"-direction", "all", "-port", fmt.Sprint(dual.port)},
-			merge(prefixed(only(in, dual.port), `direction="in",`), only(out, dual.port))},
+		{"in port", []string{"-port", fmt.Sprint(dual.Port)}, only(in, dual.Port)},
+		{"out port", []string{"-direction", "out", "-port", fmt.Sprint(dual.Port)}, only(out, dual.Port)},
+		{"all port", []string{"-direction", "all", "-port", fmt.Sprint(dual.Port)},
+			merge(prefixed(only(in, dual.Port), `direction="in",`), only(out, dual.Port))},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

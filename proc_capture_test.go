@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 	"unsafe"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 var capture = flag.Bool("capture", false, "rewrite testdata/procfs/net/tcp{,6} from live loopback sockets")
@@ -88,11 +90,11 @@ func openCaptureSockets(t *testing.T) map[string][]socket {
 	v4 := closingListener(t, "tcp4", "127.0.0.1:0")
 	v6 := closingListener(t, "tcp6", "[::1]:0")
 	dual := closingListener(t, "tcp", "[::]:0")
-	est4 := dial(t, 1, "tcp4", v4.String())[0]
-	est6 := dial(t, 1, "tcp6", v6.String())[0]
-	mapped := dial(t, 1, "tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dual.Port()).String())[0]
-	tw4 := dial(t, 1, "tcp4", v4.String())[0]
-	tw6 := dial(t, 1, "tcp6", v6.String())[0]
+	est4 := testnet.Dial(t, 1, "tcp4", v4.String())[0]
+	est6 := testnet.Dial(t, 1, "tcp6", v6.String())[0]
+	mapped := testnet.Dial(t, 1, "tcp4", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), dual.Port()).String())[0]
+	tw4 := testnet.Dial(t, 1, "tcp4", v4.String())[0]
+	tw6 := testnet.Dial(t, 1, "tcp6", v6.String())[0]
 	tw4.Close() // the side that closes first lingers in TIME_WAIT
 	tw6.Close()
 	any4, any6 := netip.AddrPortFrom(netip.IPv4Unspecified(), 0), netip.AddrPortFrom(netip.IPv6Unspecified(), 0)

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // TestProcessMetrics checks the process families, which describe this
@@ -16,10 +18,10 @@ import (
 func TestProcessMetrics(t *testing.T) {
 	base := startServer(t, "-interval", "1s")
 	cpuBefore := selfStatField(t, 14) + selfStatField(t, 15)
-	body := scrape(t, base)
+	body := testnet.Scrape(t, base)
 	cpuAfter := selfStatField(t, 14) + selfStatField(t, 15)
 	get := func(name string) float64 {
-		v, ok := samples(body, name)[""]
+		v, ok := testnet.Samples(body, name)[""]
 		if !ok {
 			t.Fatalf("%s missing from\n%s", name, body)
 		}

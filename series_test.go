@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 func TestTrackerSeriesComeAndGo(t *testing.T) {
@@ -76,18 +78,18 @@ func TestLifetimeHistogram(t *testing.T) {
 // histogram they land in.
 func testLifetimes(t *testing.T, simple bool) {
 	const interval = 100 * time.Millisecond
-	srv := listenLoopback(t, "tcp4", "127.0.0.1:0")
-	args := []string{"-port", strconv.Itoa(srv.port), "-interval", interval.String(), fmt.Sprintf("-simple=%t", simple)}
+	srv := testnet.Listen(t, "tcp4", "127.0.0.1:0")
+	args := []string{"-port", strconv.Itoa(srv.Port), "-interval", interval.String(), fmt.Sprintf("-simple=%t", simple)}
 	base := startServer(t, args...)
-	labels := fmt.Sprintf(`port="%d",tcp_version="4"`, srv.port)
+	labels := fmt.Sprintf(`port="%d",tcp_version="4"`, srv.Port)
 	if simple {
 		labels = ""
 	}
-	conns := dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", srv.port))
+	conns := testnet.Dial(t, 2, "tcp4", fmt.Sprintf("127.0.0.1:%d", srv.Port))
 	// The hold starts when the exporter has seen both: first-seen is then
 	// at most one interval (and a read) earlier.
-	waitFor(t, 30*time.Second, "both connections seen", func() bool {
-		return samples(scrape(t, base), establishedName)[labels] == 2
+	testnet.WaitFor(t, 30*time.Second, "both connections seen", func() bool {
+		return testnet.Samples(testnet.Scrape(t, base), establishedName)[labels] == 2
 	})
 	held := []time.Duration{1500 * time.Millisecond, 7 * time.Second}
 	start := time.Now()
@@ -96,11 +98,11 @@ func testLifetimes(t *testing.T, simple bool) {
 		c.Close()
 	}
 	var body string
-	waitFor(t, 30*time.Second, "two lifetimes observed", func() bool {
-		body = scrape(t, base)
-		return samples(body, lifetimeName+"_count")[labels] == 2
+	testnet.WaitFor(t, 30*time.Second, "two lifetimes observed", func() bool {
+		body = testnet.Scrape(t, base)
+		return testnet.Samples(body, lifetimeName+"_count")[labels] == 2
 	})
-	buckets := samples(body, lifetimeName+"_bucket")
+	buckets := testnet.Samples(body, lifetimeName+"_bucket")
 	le := func(bound string) float64 {
 		if labels == "" {
 			return buckets[`le="`+bound+`"`]
@@ -113,7 +115,7 @@ func testLifetimes(t *testing.T, simple bool) {
 			t.Errorf("bucket le=%s = %v, want %v\n%s", bound, got, n, body)
 		}
 	}
-	sum := samples(body, lifetimeName+"_sum")[labels]
+	sum := testnet.Samples(body, lifetimeName+"_sum")[labels]
 	slack := 2 * (interval + 250*time.Millisecond) // one interval and a read, per connection
 	if d := math.Abs(sum - (held[0] + held[1]).Seconds()); d > slack.Seconds() {
 		t.Errorf("sum = %.3fs, want %s within %s", sum, held[0]+held[1], slack)

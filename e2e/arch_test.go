@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // The binaries of other architectures: the release build is reproducible,
@@ -198,9 +200,9 @@ type archCase struct {
 // start-up line once; SIGTERM ends it with status 0.
 func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *archProc) {
 	const conns = 3
-	srv := listenLoopback(t, "tcp4", "127.0.0.1:0")
-	dial(t, conns, "tcp4", srv.ln.Addr().String())
-	service := srv.port
+	srv := testnet.Listen(t, "tcp4", "127.0.0.1:0")
+	testnet.Dial(t, conns, "tcp4", srv.Listener.Addr().String())
+	service := srv.Port
 	port := freePort(t)
 	p := start(port, "-listen", fmt.Sprintf("127.0.0.1:%d", port),
 		"-port", strconv.Itoa(service), "-duration", "500ms", "-interval", "200ms")
@@ -213,7 +215,7 @@ func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *a
 	})
 	labels := fmt.Sprintf(`port="%d",tcp_version="4"`, service)
 	reads := func(body string) float64 {
-		return samples(body, readsName)[`file="`+c.file+`"`]
+		return testnet.Samples(body, readsName)[`file="`+c.file+`"`]
 	}
 	var firstReads float64
 	waitCheck(t, 30*time.Second, "the count of the test's connections", func() string {
@@ -223,7 +225,7 @@ func archCheck(t *testing.T, c archCase, start func(port int, args ...string) *a
 		}
 		firstReads = reads(body)
 		for _, name := range []string{longtermName, establishedName} {
-			if v, ok := samples(body, name)[labels]; !ok || v != conns {
+			if v, ok := testnet.Samples(body, name)[labels]; !ok || v != conns {
 				return fmt.Sprintf("%s{%s} = %v (%t), want %d", name, labels, v, ok, conns)
 			}
 		}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Users online, counted by the exporter with its default duration (6 s)
@@ -103,7 +105,7 @@ func TestBrowsersOnShinyAndNode(t *testing.T) {
 		srv.proc = startProcessGroup(t, nil, lab.ip, append([]string{"netns", "exec", lab.ns}, srv.cmd...)...)
 	}
 	for _, srv := range servers {
-		waitFor(t, waitLong, srv.name+" to listen", func() bool {
+		testnet.WaitFor(t, waitLong, srv.name+" to listen", func() bool {
 			srv.proc.checkRunning(t)
 			return strings.Contains(srv.proc.out.String(), srv.ready)
 		})
@@ -111,7 +113,7 @@ func TestBrowsersOnShinyAndNode(t *testing.T) {
 	const listen = "127.0.0.1:9690"
 	lab.metricsURL = "http://" + listen + "/metrics"
 	exporter := startProcess(t, nil, lab.ip, "netns", "exec", lab.ns, bin, "-listen", listen, "-port", "3838,8080")
-	waitFor(t, waitLong, "the exporter to answer in "+lab.ns, func() bool {
+	testnet.WaitFor(t, waitLong, "the exporter to answer in "+lab.ns, func() bool {
 		exporter.checkRunning(t)
 		_, err := scrapeInNetns(lab.ip, lab.ns, lab.self, lab.metricsURL)
 		return err == nil
@@ -215,7 +217,7 @@ func (lab *browserLab) figures(t *testing.T, srv, other *webServer) figures {
 	}
 	value := func(name string, port int) float64 {
 		key := fmt.Sprintf(`port="%d",tcp_version="4"`, port)
-		v, ok := samples(body, name)[key]
+		v, ok := testnet.Samples(body, name)[key]
 		if !ok {
 			t.Fatalf("no %s{%s} in:\n%s", name, key, body)
 		}

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Connection churn leaves nothing behind in the exporter.
@@ -73,7 +75,7 @@ func churnNoLeak(t *testing.T, source string) {
 		}
 	})
 	sc := keepAlive(t, x.url)
-	goroutines := func(m string) float64 { return samples(m, "go_goroutines")[""] }
+	goroutines := func(m string) float64 { return testnet.Samples(m, "go_goroutines")[""] }
 
 	// Five ports, three IPv4 and two IPv6, whose servers read until the
 	// client closes.
@@ -85,7 +87,7 @@ func churnNoLeak(t *testing.T, source string) {
 	for i, s := range sinks {
 		addrs[i] = s.ln.Addr().String()
 	}
-	tracked := func(m string) float64 { return samples(m, trackedName)[""] }
+	tracked := func(m string) float64 { return testnet.Samples(m, trackedName)[""] }
 	onlyScrape := func() string {
 		// Neither end of the scrape connection is tracked: both are
 		// the exporter's own (SPEC 1).
@@ -120,18 +122,18 @@ func churnNoLeak(t *testing.T, source string) {
 
 	// Churn, scraping all along.
 	churnStart := time.Now()
-	startReads := samples(sc.get(t, "/metrics"), readsName)[file]
+	startReads := testnet.Samples(sc.get(t, "/metrics"), readsName)[file]
 	scrapes, lastReads := 0, startReads
 	churn(t, addrs, 20_000, 250, func() {
 		m := sc.get(t, "/metrics")
 		scrapes++
-		if r := samples(m, readsName)[file]; r < lastReads {
+		if r := testnet.Samples(m, readsName)[file]; r < lastReads {
 			t.Fatalf("%s{%s} went back from %v to %v", readsName, file, lastReads, r)
 		} else {
 			lastReads = r
 		}
 		for _, s := range sinks {
-			if _, ok := samples(m, longtermName)[s.series("in")]; !ok {
+			if _, ok := testnet.Samples(m, longtermName)[s.series("in")]; !ok {
 				t.Fatalf("no series %s of a listening port during the churn", s.series("in"))
 			}
 		}
@@ -145,7 +147,7 @@ func churnNoLeak(t *testing.T, source string) {
 	m := sc.get(t, "/metrics")
 	for _, s := range sinks {
 		for _, dir := range []string{"in", "out"} {
-			lifetimes += samples(m, lifetimeName+"_count")[s.series(dir)]
+			lifetimes += testnet.Samples(m, lifetimeName+"_count")[s.series(dir)]
 		}
 	}
 	if lifetimes <= 0 || lifetimes > 2*25_000 {
@@ -156,12 +158,12 @@ func churnNoLeak(t *testing.T, source string) {
 	for _, s := range sinks {
 		s.close()
 	}
-	held := listenLoopback(t, "tcp", "127.0.0.1:0")
+	held := testnet.Listen(t, "tcp", "127.0.0.1:0")
 	const n = 7
-	dial(t, n, "tcp", held.ln.Addr().String())
+	testnet.Dial(t, n, "tcp", held.Listener.Addr().String())
 	want := map[string]float64{
-		fmt.Sprintf(`direction="in",port="%d",tcp_version="4"`, held.port):  n,
-		fmt.Sprintf(`direction="out",port="%d",tcp_version="4"`, held.port): n,
+		fmt.Sprintf(`direction="in",port="%d",tcp_version="4"`, held.Port):  n,
+		fmt.Sprintf(`direction="out",port="%d",tcp_version="4"`, held.Port): n,
 	}
 	waitCheck(t, 30*time.Second, "exact counts of the held connections", func() string {
 		m := sc.get(t, "/metrics")
@@ -171,7 +173,7 @@ func churnNoLeak(t *testing.T, source string) {
 		for _, name := range []string{longtermName, establishedName} {
 			// The scrape connection's client end, an outbound
 			// connection to the exporter's own port, has no series.
-			got := samples(m, name)
+			got := testnet.Samples(m, name)
 			if diff := cmp.Diff(want, got); diff != "" {
 				return fmt.Sprintf("%s mismatch (-want +got):\n%s", name, diff)
 			}
@@ -337,7 +339,7 @@ type keepAliveScraper struct {
 func keepAlive(t *testing.T, base string) *keepAliveScraper {
 	t.Helper()
 	host := strings.TrimPrefix(base, "http://")
-	c := dial(t, 1, "tcp", host)[0]
+	c := testnet.Dial(t, 1, "tcp", host)[0]
 	return &keepAliveScraper{c: c, r: bufio.NewReader(c), host: host}
 }
 

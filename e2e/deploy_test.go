@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Tests of what operators deploy: deploy/prometheus and deploy/grafana.
@@ -52,10 +54,10 @@ func TestPrometheusRules(t *testing.T) {
 // names only metrics that the running exporter exports (and Prometheus's
 // own up).
 func TestDashboardUsesExportedNames(t *testing.T) {
-	srv := listenLoopback(t, "tcp", "127.0.0.1:0")
-	dial(t, 1, "tcp4", srv.ln.Addr().String())
+	srv := testnet.Listen(t, "tcp", "127.0.0.1:0")
+	testnet.Dial(t, 1, "tcp4", srv.Listener.Addr().String())
 	x := startBinary(t, nil, "-direction", "all", "-interval", "100ms")
-	exported := exportedNames(scrape(t, x.url))
+	exported := exportedNames(testnet.Scrape(t, x.url))
 	exported["up"] = true
 
 	data, err := os.ReadFile("../deploy/grafana/dashboard.json")

@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -28,6 +27,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // The names the exporter serves, as README lists them.
@@ -68,19 +69,6 @@ func lookPath(t *testing.T, name string) string {
 // at times, and a test must not depend on its speed.
 const waitLong = 60 * time.Second
 
-// waitFor polls cond until it holds or the deadline passes; it never
-// assumes how fast the machine is.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitCheck waits until check returns "", and on timeout also reports the
 // last thing check returned: "timed out" alone does not say what was wrong.
 func waitCheck(t testing.TB, timeout time.Duration, what string, check func() string) {
@@ -91,7 +79,7 @@ func waitCheck(t testing.TB, timeout time.Duration, what string, check func() st
 			t.Logf("%s: last seen: %s", what, last)
 		}
 	}()
-	waitFor(t, timeout, what, func() bool {
+	testnet.WaitFor(t, timeout, what, func() bool {
 		last = check()
 		return last == ""
 	})
@@ -111,7 +99,7 @@ func waitForEqual[T any](t *testing.T, what string, want T, got func() (T, error
 			t.Logf("%s: last error %v; mismatch (-want +got):\n%s", what, lastErr, cmp.Diff(want, last))
 		}
 	}()
-	waitFor(t, waitLong, what, func() bool {
+	testnet.WaitFor(t, waitLong, what, func() bool {
 		last, lastErr = got()
 		return lastErr == nil && cmp.Equal(want, last)
 	})
@@ -227,7 +215,7 @@ func startBinary(t testing.TB, env []string, args ...string) *exporterProc {
 	go func() { p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(p.kill)
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
-	waitFor(t, 10*time.Second, "the exporter to answer /healthz", func() bool {
+	testnet.WaitFor(t, 10*time.Second, "the exporter to answer /healthz", func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("exporter exited early: %v\n%s", p.cmd.ProcessState, p.stderr)
@@ -338,24 +326,6 @@ func (p *process) stopGroup() {
 	<-p.done
 }
 
-// scrape fetches /metrics from base (http://host:port) and returns the body.
-func scrape(t testing.TB, base string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/metrics", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("scrape %s: %v", base, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape %s: status %d, %v", base, resp.StatusCode, err)
-	}
-	return string(body)
-}
-
 // get does one request with a client timeout and returns the status, the
 // header and the whole body.
 func get(t testing.TB, client *http.Client, method, url string, header http.Header) (int, http.Header, string) {
@@ -379,36 +349,11 @@ func get(t testing.TB, client *http.Client, method, url string, header http.Head
 	return resp.StatusCode, resp.Header, string(body)
 }
 
-// samples parses the samples of family name in a text-format body into a
-// map from the label text (`port="80",tcp_version="4"`, "" when none) to
-// the value.
-func samples(body, name string) map[string]float64 {
-	m := make(map[string]float64)
-	sc := bufio.NewScanner(strings.NewReader(body))
-	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		labels := ""
-		if rest[0] == '{' {
-			end := strings.LastIndexByte(rest, '}')
-			labels, rest = rest[1:end], rest[end+1:]
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-		if err == nil {
-			m[labels] = v
-		}
-	}
-	return m
-}
-
-// portSamples is samples(body, name) restricted to the series of the given
+// portSamples is testnet.Samples(body, name) restricted to the series of the given
 // ports, so that other sockets of the machine do not get in the way; the
 // one sample of simple mode, without labels, stays.
 func portSamples(body, name string, ports ...int) map[string]float64 {
-	m := samples(body, name)
+	m := testnet.Samples(body, name)
 	for labels := range m {
 		keep := labels == ""
 		for _, p := range ports {
@@ -425,7 +370,7 @@ func portSamples(body, name string, ports ...int) map[string]float64 {
 // exporter at base for the samples of name on ports.
 func scrapeSamples(t *testing.T, base, name string, ports ...int) func() (map[string]float64, error) {
 	return func() (map[string]float64, error) {
-		return portSamples(scrape(t, base), name, ports...), nil
+		return portSamples(testnet.Scrape(t, base), name, ports...), nil
 	}
 }
 
@@ -460,63 +405,6 @@ func checkComplete(body string, want []string) string {
 
 func hostPort(host string, port int) string {
 	return net.JoinHostPort(host, strconv.Itoa(port))
-}
-
-// loopbackServer accepts connections on addr ("127.0.0.1:0", "[::1]:0",
-// "[::]:0") and holds them until the test ends.
-type loopbackServer struct {
-	ln    net.Listener
-	port  int
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func listenLoopback(t testing.TB, network, addr string) *loopbackServer {
-	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &loopbackServer{ln: ln, port: ln.Addr().(*net.TCPAddr).Port}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns = append(s.conns, c)
-			s.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-	})
-	return s
-}
-
-// dial opens n connections to addr and closes them at the end of the test.
-func dial(t testing.TB, n int, network, addr string) []net.Conn {
-	t.Helper()
-	conns := make([]net.Conn, 0, n)
-	for range n {
-		c, err := net.DialTimeout(network, addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
-	}
-	t.Cleanup(func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return conns
 }
 
 // Network namespaces, and the test binary re-executed inside one as a

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Hostile HTTP clients: stalled, oversized, odd methods and paths, many at once.
@@ -25,7 +27,7 @@ func TestHostileHTTP(t *testing.T) {
 		}
 	})
 	client := &http.Client{Timeout: 3 * time.Second}
-	ref := families(scrape(t, base))
+	ref := families(testnet.Scrape(t, base))
 	if !slices.Contains(ref, longtermName+" gauge") || !slices.Contains(ref, "go_goroutines gauge") {
 		t.Fatalf("the reference scrape lacks families: %q", ref)
 	}
@@ -42,7 +44,7 @@ func TestHostileHTTP(t *testing.T) {
 // hostileStalledClients is the subtest "stalled clients" of TestHostileHTTP.
 func hostileStalledClients(t *testing.T, base, addr string, client *http.Client, ref []string) {
 	// Each sends half a request header and stalls.
-	conns := dial(t, 200, "tcp", addr)
+	conns := testnet.Dial(t, 200, "tcp", addr)
 	opened := time.Now()
 	for _, c := range conns {
 		if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sl"); err != nil {
@@ -80,7 +82,7 @@ func hostileHeaderSizes(t *testing.T, addr string) {
 		{32 << 10, 431},
 		{1 << 20, 431},
 	} {
-		c := dial(t, 1, "tcp", addr)[0]
+		c := testnet.Dial(t, 1, "tcp", addr)[0]
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		// A write error is fine once the server has answered and
 		// stopped reading.
@@ -122,7 +124,7 @@ func hostileUnknownPaths(t *testing.T, base string, client *http.Client) {
 // hostileHEAD is the subtest "HEAD" of TestHostileHTTP.
 func hostileHEAD(t *testing.T, addr string) {
 	for _, enc := range []string{"", "Accept-Encoding: gzip\r\n"} {
-		c := dial(t, 1, "tcp", addr)[0]
+		c := testnet.Dial(t, 1, "tcp", addr)[0]
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		fmt.Fprintf(c, "HEAD /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n%sConnection: close\r\n\r\n", enc)
 		raw, err := io.ReadAll(c)

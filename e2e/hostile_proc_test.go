@@ -15,6 +15,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Hostile /proc content, step by step in a fake procfs.
@@ -290,7 +292,7 @@ func TestHostileProc(t *testing.T) {
 	for _, st := range steps {
 		start := time.Now()
 		st.apply(t)
-		after := samples(scrape(t, p.url), readsName)[`file="tcp"`]
+		after := testnet.Samples(testnet.Scrape(t, p.url), readsName)[`file="tcp"`]
 		checkProcStep(t, p, client, st, logPos, after)
 		logPos = len(p.stderr.String())
 		t.Logf("%s: %s", st.name, time.Since(start).Round(time.Millisecond))
@@ -326,14 +328,14 @@ func checkProcStep(t *testing.T, p *exporterProc, client *http.Client, st procSt
 		case code == 503 && !strings.Contains(body, st.healthMsg):
 			return "", fmt.Sprintf("/healthz: %d %q, want the error %q", code, body, st.healthMsg)
 		}
-		m := scrape(t, p.url)
-		if diff := cmp.Diff(st.longterm, samples(m, longtermName)); diff != "" {
+		m := testnet.Scrape(t, p.url)
+		if diff := cmp.Diff(st.longterm, testnet.Samples(m, longtermName)); diff != "" {
 			return m, fmt.Sprintf("%s mismatch (-want +got):\n%s", longtermName, diff)
 		}
-		if diff := cmp.Diff(st.longterm, samples(m, establishedName)); diff != "" {
+		if diff := cmp.Diff(st.longterm, testnet.Samples(m, establishedName)); diff != "" {
 			return m, fmt.Sprintf("%s mismatch (-want +got):\n%s", establishedName, diff)
 		}
-		if got := samples(m, trackedName)[""]; got != st.tracked {
+		if got := testnet.Samples(m, trackedName)[""]; got != st.tracked {
 			return m, fmt.Sprintf("%s %v, want %v", trackedName, got, st.tracked)
 		}
 		return m, ""
@@ -353,7 +355,7 @@ func checkProcStep(t *testing.T, p *exporterProc, client *http.Client, st procSt
 		if bad != "" {
 			return bad
 		}
-		if got := samples(m, readsName)[`file="tcp"`]; got < readsAfter+1 {
+		if got := testnet.Samples(m, readsName)[`file="tcp"`]; got < readsAfter+1 {
 			return fmt.Sprintf("%v reads of tcp, waiting for %v", got, readsAfter+1)
 		}
 		if n := len(newLog()); n < len(st.logs) {
@@ -363,11 +365,11 @@ func checkProcStep(t *testing.T, p *exporterProc, client *http.Client, st procSt
 		return ""
 	})
 	logLen := len(p.stderr.String())
-	counter := func(m, name, file string) float64 { return samples(m, name)[`file="`+file+`"`] }
+	counter := func(m, name, file string) float64 { return testnet.Samples(m, name)[`file="`+file+`"`] }
 	r1 := counter(m1, readsName, "tcp")
 	var m2 string
-	waitFor(t, 60*time.Second, st.name+": 5 more reads of tcp", func() bool {
-		m2 = scrape(t, p.url)
+	testnet.WaitFor(t, 60*time.Second, st.name+": 5 more reads of tcp", func() bool {
+		m2 = testnet.Scrape(t, p.url)
 		return counter(m2, readsName, "tcp") >= r1+5
 	})
 	reads := counter(m2, readsName, "tcp") - r1

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // The binary alone in an empty root, as the scratch image (the Dockerfile's) runs it.
@@ -92,7 +94,7 @@ func scratchRun(t *testing.T, root, source string) {
 	})
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
 	client := &http.Client{Timeout: 5 * time.Second}
-	waitFor(t, 20*time.Second, "the exporter in the empty root to answer /healthz", func() bool {
+	testnet.WaitFor(t, 20*time.Second, "the exporter in the empty root to answer /healthz", func() bool {
 		select {
 		case <-done:
 			t.Fatalf("exited early: %v\n%s", cmd.ProcessState, stderr)
@@ -116,18 +118,18 @@ func scratchRun(t *testing.T, root, source string) {
 		t.Errorf("the exporter's root is %q (%v), want %q", dest, err, root)
 	}
 
-	ln4 := listenLoopback(t, "tcp", "127.0.0.1:0")
-	dial(t, 3, "tcp", ln4.ln.Addr().String())
-	ln6 := listenLoopback(t, "tcp6", "[::1]:0")
-	dial(t, 2, "tcp6", ln6.ln.Addr().String())
+	ln4 := testnet.Listen(t, "tcp", "127.0.0.1:0")
+	testnet.Dial(t, 3, "tcp", ln4.Listener.Addr().String())
+	ln6 := testnet.Listen(t, "tcp6", "[::1]:0")
+	testnet.Dial(t, 2, "tcp6", ln6.Listener.Addr().String())
 	want := map[string]float64{
-		fmt.Sprintf(`port="%d",tcp_version="4"`, ln4.port): 3,
-		fmt.Sprintf(`port="%d",tcp_version="6"`, ln6.port): 2,
+		fmt.Sprintf(`port="%d",tcp_version="4"`, ln4.Port): 3,
+		fmt.Sprintf(`port="%d",tcp_version="6"`, ln6.Port): 2,
 	}
 	waitCheck(t, 30*time.Second, "the counts of the known connections", func() string {
-		m := scrape(t, url)
+		m := testnet.Scrape(t, url)
 		for _, name := range []string{longtermName, establishedName} {
-			all := samples(m, name)
+			all := testnet.Samples(m, name)
 			got := make(map[string]float64)
 			for k := range want {
 				if v, ok := all[k]; ok {
@@ -139,7 +141,7 @@ func scratchRun(t *testing.T, root, source string) {
 			}
 		}
 		for _, name := range []string{"process_open_fds", "process_resident_memory_bytes", "process_start_time_seconds"} {
-			if v, ok := samples(m, name)[""]; !ok || v <= 0 {
+			if v, ok := testnet.Samples(m, name)[""]; !ok || v <= 0 {
 				return fmt.Sprintf("%s: %v, %t", name, v, ok)
 			}
 		}

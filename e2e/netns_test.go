@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // The exporter in network namespaces, as a sidecar runs in its pod's.
@@ -40,7 +42,7 @@ func TestSidecarNetns(t *testing.T) {
 		ns.name = newNetns(t, ip, ns.suffix)
 		holder := startProcess(t, []string{helperEnv + "=hold", "TEE_TEST_PORT=" + strconv.Itoa(port), "TEE_TEST_CONNS=" + strconv.Itoa(ns.conns)},
 			ip, "netns", "exec", ns.name, self)
-		waitFor(t, waitLong, "the connections in "+ns.name, func() bool {
+		testnet.WaitFor(t, waitLong, "the connections in "+ns.name, func() bool {
 			holder.checkRunning(t)
 			return strings.Contains(holder.out.String(), "ready\n")
 		})
@@ -53,7 +55,7 @@ func TestSidecarNetns(t *testing.T) {
 		for _, name := range []string{longtermName, establishedName} {
 			waitForEqual(t, name+" in "+ns.name, want, func() (map[string]float64, error) {
 				body, err := scrapeInNetns(ip, ns.name, self, "http://"+listen+"/metrics")
-				return samples(body, name), err
+				return testnet.Samples(body, name), err
 			})
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // A fixed capture served through -procfs.
@@ -123,13 +125,13 @@ func TestProcfsRoot(t *testing.T) {
 			args := append([]string{"-procfs", fixture, "-duration", "1s", "-interval", "100ms"}, tt.args...)
 			x := startBinary(t, nil, args...)
 			waitForEqual(t, "the fixture's connections to be long-term", tt.want, func() (map[string]float64, error) {
-				return samples(scrape(t, x.url), longtermName), nil
+				return testnet.Samples(testnet.Scrape(t, x.url), longtermName), nil
 			})
-			body := scrape(t, x.url)
-			if diff := cmp.Diff(tt.want, samples(body, establishedName)); diff != "" {
+			body := testnet.Scrape(t, x.url)
+			if diff := cmp.Diff(tt.want, testnet.Samples(body, establishedName)); diff != "" {
 				t.Errorf("%s mismatch (-want +got):\n%s", establishedName, diff)
 			}
-			if diff := cmp.Diff(map[string]float64{`file="tcp"`: 0, `file="tcp6"`: 0}, samples(body, malformedName)); diff != "" {
+			if diff := cmp.Diff(map[string]float64{`file="tcp"`: 0, `file="tcp6"`: 0}, testnet.Samples(body, malformedName)); diff != "" {
 				t.Errorf("%s mismatch (-want +got):\n%s", malformedName, diff)
 			}
 		})

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Integration: a real Prometheus server scrapes the exporter.
@@ -69,14 +71,14 @@ func prometheusScrapes(t *testing.T, v prometheusVersion) {
 	// ::ffff:127.0.0.1 and still count as tcp_version 4. Port C is listed
 	// but has no listener: its zero series exist all the same. A listed
 	// port has the series of both IP versions.
-	a := listenLoopback(t, "tcp", "[::]:0")
-	b := listenLoopback(t, "tcp", "127.0.0.1:0")
+	a := testnet.Listen(t, "tcp", "[::]:0")
+	b := testnet.Listen(t, "tcp", "127.0.0.1:0")
 	c := freePort(t)
-	a4 := dial(t, 3, "tcp", hostPort("127.0.0.1", a.port))
-	dial(t, 2, "tcp", hostPort("::1", a.port))
-	b4 := dial(t, 1, "tcp", hostPort("127.0.0.1", b.port))
+	a4 := testnet.Dial(t, 3, "tcp", hostPort("127.0.0.1", a.Port))
+	testnet.Dial(t, 2, "tcp", hostPort("::1", a.Port))
+	b4 := testnet.Dial(t, 1, "tcp", hostPort("127.0.0.1", b.Port))
 	x := startBinary(t, nil, "-duration", "1s", "-interval", "100ms",
-		"-port", fmt.Sprintf("%d,%d,%d", a.port, b.port, c))
+		"-port", fmt.Sprintf("%d,%d,%d", a.Port, b.Port, c))
 
 	dir := t.TempDir() // removed after the server is stopped: cleanups run last first
 	config := filepath.Join(dir, "prometheus.yml")
@@ -96,21 +98,21 @@ scrape_configs:
 	waitForEqual(t, "Prometheus to scrape the exporter", map[string]float64{"": 1},
 		promQuery(base, `up{job="tee"}`))
 	series := func(port int, v string) string { return fmt.Sprintf("port=%d,tcp_version=%s", port, v) }
-	ports := fmt.Sprintf(`job="tee",port=~"%d|%d|%d"`, a.port, b.port, c)
+	ports := fmt.Sprintf(`job="tee",port=~"%d|%d|%d"`, a.Port, b.Port, c)
 	waitForEqual(t, "Prometheus to see the long-term connections", map[string]float64{
-		series(a.port, "4"): 3,
-		series(a.port, "6"): 2,
-		series(b.port, "4"): 1,
-		series(b.port, "6"): 0,
+		series(a.Port, "4"): 3,
+		series(a.Port, "6"): 2,
+		series(b.Port, "4"): 1,
+		series(b.Port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
 	// The clients: 127.0.0.1 and ::1, one a series.
 	waitForEqual(t, "Prometheus to see the clients", map[string]float64{
-		series(a.port, "4"): 1,
-		series(a.port, "6"): 1,
-		series(b.port, "4"): 1,
-		series(b.port, "6"): 0,
+		series(a.Port, "4"): 1,
+		series(a.Port, "6"): 1,
+		series(b.Port, "4"): 1,
+		series(b.Port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_clients{"+ports+"}", "port", "tcp_version"))
@@ -120,23 +122,23 @@ scrape_configs:
 	b4[0].Close()
 	// Port B's listener keeps its series, at 0.
 	waitForEqual(t, "Prometheus to see the connections closed", map[string]float64{
-		series(a.port, "4"): 1,
-		series(a.port, "6"): 2,
-		series(b.port, "4"): 0,
-		series(b.port, "6"): 0,
+		series(a.Port, "4"): 1,
+		series(a.Port, "6"): 2,
+		series(b.Port, "4"): 0,
+		series(b.Port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_longterm_connections_total{"+ports+"}", "port", "tcp_version"))
 	waitForEqual(t, "Prometheus to see the lifetimes of the closed connections", map[string]float64{
-		series(a.port, "4"): 2,
-		series(a.port, "6"): 0,
-		series(b.port, "4"): 1,
-		series(b.port, "6"): 0,
+		series(a.Port, "4"): 2,
+		series(a.Port, "6"): 0,
+		series(b.Port, "4"): 1,
+		series(b.Port, "6"): 0,
 		series(c, "4"):      0,
 		series(c, "6"):      0,
 	}, promQuery(base, "netstat_tcp_connection_lifetime_seconds_count{"+ports+"}", "port", "tcp_version"))
 	// Prometheus 3 writes the le label as a float ("1.0"), 2 as given.
-	bucket := fmt.Sprintf(`netstat_tcp_connection_lifetime_seconds_bucket{job="tee",port="%d",tcp_version="4",le=~"%%s"}`, a.port)
+	bucket := fmt.Sprintf(`netstat_tcp_connection_lifetime_seconds_bucket{job="tee",port="%d",tcp_version="4",le=~"%%s"}`, a.Port)
 	waitForEqual(t, "the +Inf bucket to hold both lifetimes", map[string]float64{"": 2},
 		promQuery(base, fmt.Sprintf(bucket, `\\+Inf`)))
 	waitForEqual(t, "the le=1 bucket to hold neither: both lived longer", map[string]float64{"": 0},
@@ -158,7 +160,7 @@ func startPrometheus(t *testing.T, v prometheusVersion, config, data string) str
 		"--log.level=warn",
 	)
 	base := "http://" + web
-	waitFor(t, waitLong, "Prometheus to be ready", func() bool {
+	testnet.WaitFor(t, waitLong, "Prometheus to be ready", func() bool {
 		srv.checkRunning(t)
 		resp, err := http.Get(base + "/-/ready")
 		if err != nil {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Integration: promtool lints what the exporter serves.
@@ -91,11 +93,11 @@ func promtoolCheckMetrics(t *testing.T, promtool string) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv4 := listenLoopback(t, "tcp", "127.0.0.1:0")
-			srv6 := listenLoopback(t, "tcp", "[::1]:0")
-			p4, p6 := srv4.port, srv6.port
-			conns4 := dial(t, 3, "tcp", hostPort("127.0.0.1", p4))
-			dial(t, 2, "tcp", hostPort("::1", p6))
+			srv4 := testnet.Listen(t, "tcp", "127.0.0.1:0")
+			srv6 := testnet.Listen(t, "tcp", "[::1]:0")
+			p4, p6 := srv4.Port, srv6.Port
+			conns4 := testnet.Dial(t, 3, "tcp", hostPort("127.0.0.1", p4))
+			testnet.Dial(t, 2, "tcp", hostPort("::1", p6))
 			args := append([]string{"-duration", "1s", "-interval", "100ms"}, tt.args(p4, p6)...)
 			x := startBinary(t, nil, args...)
 
@@ -107,7 +109,7 @@ func promtoolCheckMetrics(t *testing.T, promtool string) {
 			waitForEqual(t, "the closed connection's lifetime to be observed", tt.wantLifetimes(p4, p6),
 				scrapeSamples(t, x.url, lifetimeName+"_count", p4, p6))
 
-			body := scrape(t, x.url)
+			body := testnet.Scrape(t, x.url)
 			cmd := exec.Command(promtool, "check", "metrics")
 			cmd.Stdin = strings.NewReader(body)
 			out, err := cmd.CombinedOutput()

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Hardening: signals and listen ports.
@@ -49,7 +51,7 @@ func signalsSIGTERMDuringScrape(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startBinary(t, nil, "-procfs", procfs, "-interval", "1s")
-	ref := families(scrape(t, p.url))
+	ref := families(testnet.Scrape(t, p.url))
 	addr := strings.TrimPrefix(p.url, "http://")
 	const rcvbuf = 4096
 	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
@@ -77,7 +79,7 @@ func signalsSIGTERMDuringScrape(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the exporter to stop accepting connections", func() bool {
+	testnet.WaitFor(t, 10*time.Second, "the exporter to stop accepting connections", func() bool {
 		c2, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c2.Close()
@@ -94,7 +96,7 @@ func signalsSIGTERMDuringScrape(t *testing.T) {
 	if max := 4<<20 + 2*rcvbuf; len(body) < 2*max {
 		t.Errorf("a body of %d bytes: the socket buffers (at most %d bytes) may have held it all, so the scrape was not in flight", len(body), max)
 	}
-	if got := len(samples(string(body), longtermName)); got != 6000 {
+	if got := len(testnet.Samples(string(body), longtermName)); got != 6000 {
 		t.Errorf("%d series of %s, want 6000: one for each listening port", got, longtermName)
 	}
 	select {
@@ -170,7 +172,7 @@ func signalsLoopbackOnly(t *testing.T) {
 	bin := buildBinary(t)
 	startProcess(t, nil, ip, "netns", "exec", ns, bin, "-listen", "127.0.0.1:9690")
 	startProcess(t, nil, ip, "netns", "exec", ns, bin, "-listen", "9691")
-	waitFor(t, waitLong, "both exporters", func() bool {
+	testnet.WaitFor(t, waitLong, "both exporters", func() bool {
 		_, err1 := scrapeInNetns(ip, ns, self, "http://127.0.0.1:9690/healthz")
 		_, err2 := scrapeInNetns(ip, ns, self, "http://127.0.0.1:9691/healthz")
 		return err1 == nil && err2 == nil

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Integration: the exporter's counts against ss.
@@ -15,16 +17,16 @@ import (
 // hundred connections of mixed age with what ss lists for the same ports.
 func TestCountsMatchSS(t *testing.T) {
 	ss := lookPath(t, "ss")
-	servers := []*loopbackServer{
-		listenLoopback(t, "tcp", "127.0.0.1:0"),
-		listenLoopback(t, "tcp", "127.0.0.1:0"),
-		listenLoopback(t, "tcp", "[::1]:0"),
-		listenLoopback(t, "tcp", "[::1]:0"),
-		listenLoopback(t, "tcp", "[::]:0"), // dual-stack: IPv4 clients count as tcp_version 4
+	servers := []*testnet.Server{
+		testnet.Listen(t, "tcp", "127.0.0.1:0"),
+		testnet.Listen(t, "tcp", "127.0.0.1:0"),
+		testnet.Listen(t, "tcp", "[::1]:0"),
+		testnet.Listen(t, "tcp", "[::1]:0"),
+		testnet.Listen(t, "tcp", "[::]:0"), // dual-stack: IPv4 clients count as tcp_version 4
 	}
 	var ports []int
 	for _, s := range servers {
-		ports = append(ports, s.port)
+		ports = append(ports, s.Port)
 	}
 	// One batch: 100 connections, a different number on each port.
 	batch := []struct {
@@ -41,7 +43,7 @@ func TestCountsMatchSS(t *testing.T) {
 	}
 	openBatch := func() {
 		for _, c := range batch {
-			dial(t, c.n, "tcp", hostPort(c.host, servers[c.server].port))
+			testnet.Dial(t, c.n, "tcp", hostPort(c.host, servers[c.server].Port))
 		}
 	}
 	// want is the labelled samples after k batches: each connection counts
@@ -54,7 +56,7 @@ func TestCountsMatchSS(t *testing.T) {
 				v = "6"
 			}
 			for _, dir := range []string{"in", "out"} {
-				m[fmt.Sprintf(`direction=%q,port="%d",tcp_version="%s"`, dir, servers[c.server].port, v)] += float64(k * c.n)
+				m[fmt.Sprintf(`direction=%q,port="%d",tcp_version="%s"`, dir, servers[c.server].Port, v)] += float64(k * c.n)
 			}
 		}
 		return m
@@ -86,7 +88,7 @@ func matchSS(t *testing.T, ss string, x *exporterProc, name string, ports []int,
 	var diff string
 	for range attempts {
 		got := make(map[string]int)
-		for labels, v := range portSamples(scrape(t, x.url), name, ports...) {
+		for labels, v := range portSamples(testnet.Scrape(t, x.url), name, ports...) {
 			dir, _, _ := strings.Cut(strings.TrimPrefix(labels, `direction="`), `"`)
 			_, port, _ := strings.Cut(labels, `port="`)
 			port, _, _ = strings.Cut(port, `"`)
@@ -107,9 +109,9 @@ func matchSS(t *testing.T, ss string, x *exporterProc, name string, ports []int,
 			return
 		}
 		t.Logf("%s disagrees with ss (-ss +exporter), trying again after the next read:\n%s", name, diff)
-		reads := samples(scrape(t, x.url), readsName)[`file="tcp"`]
-		waitFor(t, waitLong, "the next read", func() bool {
-			return samples(scrape(t, x.url), readsName)[`file="tcp"`] > reads
+		reads := testnet.Samples(testnet.Scrape(t, x.url), readsName)[`file="tcp"`]
+		testnet.WaitFor(t, waitLong, "the next read", func() bool {
+			return testnet.Samples(testnet.Scrape(t, x.url), readsName)[`file="tcp"`] > reads
 		})
 	}
 	t.Fatalf("%s disagrees with ss %d times; last mismatch (-ss +exporter):\n%s", name, attempts, diff)

@@ -30,6 +30,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"tcp_established_exporter/internal/testnet"
 )
 
 // Secure scraping (SPEC section 10, README "Securing the endpoint"): real
@@ -177,7 +179,7 @@ func serverTemplate(n int64) *x509.Certificate {
 func startTLSBinary(t testing.TB, args ...string) *exporterProc {
 	t.Helper()
 	x := startBinary(t, nil, args...)
-	waitFor(t, 10*time.Second, "the start-up line to say https", func() bool {
+	testnet.WaitFor(t, 10*time.Second, "the start-up line to say https", func() bool {
 		return strings.Contains(x.stderr.String(), " listening on https://")
 	})
 	return x
@@ -241,11 +243,11 @@ func TestTLS(t *testing.T) {
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
 
-	held := listenLoopback(t, "tcp", "127.0.0.1:0")
-	dial(t, 3, "tcp", held.ln.Addr().String())
+	held := testnet.Listen(t, "tcp", "127.0.0.1:0")
+	testnet.Dial(t, 3, "tcp", held.Listener.Addr().String())
 	// On [::], so that the certificate's ::1 is tried too.
 	x := startTLSBinary(t, "-listen", fmt.Sprintf("[::]:%d", freePort(t)),
-		"-port", strconv.Itoa(held.port), "-duration", "1s", "-interval", "100ms",
+		"-port", strconv.Itoa(held.Port), "-duration", "1s", "-interval", "100ms",
 		"-tls-cert", pki.path("server.crt"), "-tls-key", pki.path("server.key"),
 		"-tls-client-ca", pki.path("ca.crt"), "-auth-token-file", pki.path("token"))
 	bases := map[string]string{
@@ -253,19 +255,19 @@ func TestTLS(t *testing.T) {
 		"::1":       fmt.Sprintf("https://[::1]:%d", x.port),
 	}
 	wantCounts := map[string]float64{
-		fmt.Sprintf(`port="%d",tcp_version="4"`, held.port): 3,
-		fmt.Sprintf(`port="%d",tcp_version="6"`, held.port): 0,
+		fmt.Sprintf(`port="%d",tcp_version="4"`, held.Port): 3,
+		fmt.Sprintf(`port="%d",tcp_version="6"`, held.Port): 0,
 	}
 	client := tlsClient(t, pki, pki.path("client"))
 	waitForEqual(t, "the three connections to count, over mTLS", wantCounts, func() (map[string]float64, error) {
 		_, body, err := tlsScrape(client, bases["127.0.0.1"], pki.token)
-		return portSamples(body, longtermName, held.port), err
+		return portSamples(body, longtermName, held.Port), err
 	})
 
-	t.Run("curl", func(t *testing.T) { tlsCurl(t, x, pki, other, bases, held.port, wantCounts) })
+	t.Run("curl", func(t *testing.T) { tlsCurl(t, x, pki, other, bases, held.Port, wantCounts) })
 	t.Run("go", func(t *testing.T) { tlsGo(t, pki, bases["127.0.0.1"]) })
 	for _, v := range prometheusVersions(t) {
-		t.Run("prometheus"+v.name, func(t *testing.T) { tlsPrometheus(t, v, root, x.port, held.port) })
+		t.Run("prometheus"+v.name, func(t *testing.T) { tlsPrometheus(t, v, root, x.port, held.Port) })
 	}
 }
 
@@ -341,7 +343,7 @@ func handshakeError(t *testing.T, x *exporterProc, client string) string {
 	t.Helper()
 	prefix := "http: TLS handshake error from " + client + ": "
 	var cause string
-	waitFor(t, 10*time.Second, "the exporter to log the refused handshake from "+client, func() bool {
+	testnet.WaitFor(t, 10*time.Second, "the exporter to log the refused handshake from "+client, func() bool {
 		for line := range strings.Lines(x.stderr.String()) {
 			if _, rest, ok := strings.Cut(line, prefix); ok {
 				cause, _, _ = strings.Cut(strings.TrimSpace(rest), ": current time ")
@@ -677,7 +679,7 @@ func TestTLSRotation(t *testing.T) {
 		"-tls-cert", filepath.Join(vol.dir, "tls.crt"), "-tls-key", filepath.Join(vol.dir, "tls.key"))
 	base := fmt.Sprintf("https://127.0.0.1:%d", x.port)
 	loop := startScrapeLoop(t, tlsClient(t, pki, ""), base)
-	waitFor(t, 10*time.Second, "the first scrapes", func() bool { s, n, _ := loop.state(); return s != "" && n >= 3 })
+	testnet.WaitFor(t, 10*time.Second, "the first scrapes", func() bool { s, n, _ := loop.state(); return s != "" && n >= 3 })
 
 	second := vol.next(t)
 	newSerial := pki.sign(t, second, "tls", serverTemplate(4242)).SerialNumber.String()
@@ -685,7 +687,7 @@ func TestTLSRotation(t *testing.T) {
 	vol.swap(t, second)
 	// The exporter looks at the files once a second at most.
 	const deadline = 10 * time.Second
-	waitFor(t, deadline, "the new serial", func() bool { s, _, _ := loop.state(); return s == newSerial })
+	testnet.WaitFor(t, deadline, "the new serial", func() bool { s, _, _ := loop.state(); return s == newSerial })
 	t.Logf("the new serial came %s after the swap", time.Since(swapped).Round(time.Millisecond))
 
 	garbage := vol.next(t)
@@ -700,7 +702,7 @@ func TestTLSRotation(t *testing.T) {
 	waitCheck(t, deadline, "the reload error to count", func() string {
 		var body string
 		_, n, body = loop.state()
-		got := samples(body, reloadErrsName)
+		got := testnet.Samples(body, reloadErrsName)
 		if diff := cmp.Diff(map[string]float64{"": 1}, got); diff != "" {
 			return "mismatch (-want +got):\n" + diff
 		}
@@ -709,13 +711,13 @@ func TestTLSRotation(t *testing.T) {
 	// More scrapes, past the next look at the files: it counts nothing
 	// more, since the files stay as they are.
 	counted := time.Now()
-	waitFor(t, deadline, "more scrapes", func() bool {
+	testnet.WaitFor(t, deadline, "more scrapes", func() bool {
 		_, m, _ := loop.state()
 		return m >= n+5 && time.Since(counted) > 1500*time.Millisecond
 	})
 	loop.halt()
-	if _, _, body := loop.state(); !cmp.Equal(map[string]float64{"": 1}, samples(body, reloadErrsName)) {
-		t.Errorf("the last scrape has %s %v, want 1", reloadErrsName, samples(body, reloadErrsName))
+	if _, _, body := loop.state(); !cmp.Equal(map[string]float64{"": 1}, testnet.Samples(body, reloadErrsName)) {
+		t.Errorf("the last scrape has %s %v, want 1", reloadErrsName, testnet.Samples(body, reloadErrsName))
 	}
 
 	if diff := cmp.Diff([]string{oldSerial, newSerial}, loop.serials); diff != "" {
