@@ -5,13 +5,15 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
+	"compress/flate"
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"html"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // handler serves the routes; g guards /metrics alone, so that kubelet
@@ -24,32 +26,50 @@ func (x *exporter) handler(g *guard) http.Handler {
 	return nosniff(mux)
 }
 
-// compressor is the one gzip writer of the process: each costs 1.2 MB,
-// which a pool would allocate per concurrent scrape. It compresses at
-// BestSpeed: with a histogram per port a hundred ports make some 300 KB,
-// which the default level takes 4 ms on, and BestSpeed under 1.
-type compressor struct {
-	mu sync.Mutex
-	w  *gzip.Writer
+// gzipped returns the start of a gzip member of bd.b: compressed once per
+// read, by the first scrape that asks, for every scrape of the same read.
+// What each scrape adds, the process families, ends the member
+// (appendGzipTail).
+//
+// Level 2 compresses a hundred ports' 300 KB in 0.6 ms, as fast as
+// BestSpeed and as small, with a writer of 0.8 MB instead of 1.2. The
+// writer is made for the one use and left to the collector: Prometheus
+// scrapes every 15 s or more, and a writer kept would stay in the heap
+// between scrapes, and raise the collector's goal by as much again.
+func (bd *body) gzipped() []byte {
+	bd.gzOnce.Do(func() {
+		// The header of RFC 1952: deflate, no name, no time, any OS.
+		buf := bytes.NewBuffer(append(bd.gz[:0], 0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff))
+		w, _ := flate.NewWriter(buf, 2)
+		w.Write(bd.b)
+		w.Flush() // a sync flush: what follows starts on a byte, a block of its own
+		bd.gz, bd.crc = buf.Bytes(), crc32.ChecksumIEEE(bd.b)
+	})
+	return bd.gz
 }
 
-// compress writes the parts, gzipped, to dst.
-func (c *compressor) compress(dst *bytes.Buffer, parts ...[]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.w == nil {
-		c.w, _ = gzip.NewWriterLevel(dst, gzip.BestSpeed)
-	} else {
-		c.w.Reset(dst)
+// appendGzipTail ends a gzip member whose deflate stream so far holds size
+// bytes with the CRC-32 crc, flushed: p as the last, stored blocks (the
+// process families, a few hundred bytes that change every scrape), then
+// the CRC-32 and the size of all.
+func appendGzipTail(b []byte, crc uint32, size int, p []byte) []byte {
+	le := binary.LittleEndian
+	crc, size = crc32.Update(crc, crc32.IEEETable, p), size+len(p)
+	for {
+		n := min(len(p), math.MaxUint16)
+		final := byte(0)
+		if n == len(p) {
+			final = 1
+		}
+		b = append(b, final) // BFINAL, and BTYPE 00: stored
+		b = le.AppendUint16(le.AppendUint16(b, uint16(n)), ^uint16(n))
+		b, p = append(b, p[:n]...), p[n:]
+		if final == 1 {
+			break
+		}
 	}
-	for _, p := range parts {
-		c.w.Write(p)
-	}
-	c.w.Close()
-	c.w.Reset(nil)
+	return le.AppendUint32(le.AppendUint32(b, crc), uint32(size))
 }
-
-var gzipped = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func (x *exporter) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	body := x.acquire()
@@ -59,16 +79,17 @@ func (x *exporter) serveMetrics(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", contentType)
 	h.Set("Vary", "Accept-Encoding")
 	if !acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		h.Set("Content-Length", strconv.Itoa(len(body.b)+len(process)))
 		w.Write(body.b)
 		w.Write(process)
 		return
 	}
+	gz := body.gzipped()
+	tail := appendGzipTail(make([]byte, 0, len(process)+16), body.crc, len(body.b), process)
 	h.Set("Content-Encoding", "gzip")
-	buf := gzipped.Get().(*bytes.Buffer)
-	defer gzipped.Put(buf)
-	buf.Reset()
-	x.gzip.compress(buf, body.b, process)
-	w.Write(buf.Bytes())
+	h.Set("Content-Length", strconv.Itoa(len(gz)+len(tail)))
+	w.Write(gz)
+	w.Write(tail)
 }
 
 // acceptsGzip reports whether an Accept-Encoding header takes gzip.

@@ -34,8 +34,6 @@ type exporter struct {
 	front *body      // what /metrics serves, but the process families
 	err   error      // the last read's error, nil when it succeeded
 
-	gzip compressor
-
 	reloadErrors *atomic.Uint64 // of the TLS and token files, counted by the guard; nil without
 }
 
@@ -45,6 +43,12 @@ type body struct {
 	b     []byte
 	conns int // the connection families are b[:conns]
 	refs  atomic.Int32
+
+	// b gzipped but for its end, and b's CRC-32: made by the first
+	// scrape that asks for gzip (see gzipped).
+	gzOnce sync.Once
+	gz     []byte
+	crc    uint32
 }
 
 // tableFile is one source of sockets and what reading it has met.
@@ -154,6 +158,7 @@ func (x *exporter) poll() {
 	next.conns = len(next.b)
 	x.noteError(err)
 	next.b = x.appendHealth(next.b, time.Since(start))
+	next.gz, next.gzOnce = next.gz[:0], sync.Once{}
 	x.mu.Lock()
 	x.front, x.back, x.err = next, x.front, err
 	x.mu.Unlock()
