@@ -307,6 +307,24 @@ var buildLabels = sync.OnceValue(func() []byte {
 	return appendLabel(appendLabel(nil, "version", buildVersion()), "goversion", runtime.Version())
 })
 
+// readNice is how much nicer than the process the reads run (see loop).
+const readNice = 10
+
+// lowerPriority makes the calling thread by nice nicer, up to the least
+// priority there is (19). Linux keeps a nice value per thread.
+func lowerPriority(nice int) error {
+	tid := syscall.Gettid()
+	// The system call returns 20 - nice, to keep clear of errors.
+	prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
+	if err != nil {
+		return fmt.Errorf("getpriority: %w", err)
+	}
+	if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, min(20-prio+nice, 19)); err != nil {
+		return fmt.Errorf("setpriority: %w", err)
+	}
+	return nil
+}
+
 // rawReader reads a file descriptor with raw read(2) calls. Reads of
 // /proc/net never block, and a raw call skips the scheduler's round trip
 // that os.File pays on each of the hundreds of page-sized reads a table

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,4 +171,45 @@ func only(m map[string]float64, port int) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestReadsAtLowerPriority finds the thread the poll loop reads in,
+// readNice nicer than the rest of the process and not its main thread, and
+// sees it end with serve.
+func TestReadsAtLowerPriority(t *testing.T) {
+	nicesOf := func(paths ...string) (all []int) {
+		for _, path := range paths {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				continue // the thread has ended
+			}
+			_, rest, _ := strings.Cut(string(data), ") ")
+			if f := strings.Fields(rest); len(f) > 16 {
+				n, _ := strconv.Atoi(f[16]) // field 19 of proc_pid_stat(5)
+				all = append(all, n)
+			}
+		}
+		return all
+	}
+	nices := func() []int {
+		stats, _ := filepath.Glob("/proc/self/task/*/stat")
+		return nicesOf(stats...)
+	}
+	own := slices.Min(nices())
+	want := own + readNice
+	if want > 19 {
+		t.Skipf("the tests run at nice %d: no thread can be %d nicer", own, readNice)
+	}
+	count := func() int {
+		return len(slices.DeleteFunc(nices(), func(n int) bool { return n != want }))
+	}
+	testnet.WaitFor(t, 10*time.Second, "the reading threads of earlier tests to end", func() bool { return count() == 0 })
+	t.Run("serving", func(t *testing.T) {
+		startServer(t)
+		testnet.WaitFor(t, 10*time.Second, fmt.Sprintf("one thread at nice %d", want), func() bool { return count() == 1 })
+		if main := nicesOf("/proc/self/stat"); len(main) != 1 || main[0] != own {
+			t.Errorf("the main thread is at nice %v, want %d", main, own)
+		}
+	})
+	testnet.WaitFor(t, 10*time.Second, "the reading thread to end with serve", func() bool { return count() == 0 })
 }
