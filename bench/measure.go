@@ -96,6 +96,10 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 			return nil, err
 		}
 		r.n, r.variant = n, v.name
+		// The table has the means; the drift of the floors over the
+		// minute between them shows how far a ratio can be trusted.
+		log.Printf("N=%d %s: /proc floor %s, then %s; dump %s, then %s; exporter %s",
+			n, v.name, ms(procs[0]), ms(procs[1]), ms(dumps[0]), ms(dumps[1]), ms(r.cpuPerRead))
 		r.floor, r.dumpFloor = (procs[0]+procs[1])/2, (dumps[0]+dumps[1])/2
 		rows = append(rows, r)
 	}
