@@ -98,8 +98,12 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 		r.n, r.variant = n, v.name
 		// The table has the means; the drift of the floors over the
 		// minute between them shows how far a ratio can be trusted.
-		log.Printf("N=%d %s: /proc floor %s, then %s; dump %s, then %s; exporter %s",
-			n, v.name, ms(procs[0]), ms(procs[1]), ms(dumps[0]), ms(dumps[1]), ms(r.cpuPerRead))
+		dump := ""
+		if v.netlink {
+			dump = fmt.Sprintf("; dump %s, then %s", ms(dumps[0]), ms(dumps[1]))
+		}
+		log.Printf("N=%d %s: /proc floor %s, then %s%s; exporter %s",
+			n, v.name, ms(procs[0]), ms(procs[1]), dump, ms(r.cpuPerRead))
 		r.floor, r.dumpFloor = (procs[0]+procs[1])/2, (dumps[0]+dumps[1])/2
 		rows = append(rows, r)
 	}
@@ -248,8 +252,11 @@ func get(gzip bool) ([]byte, error) {
 	return io.ReadAll(resp.Body)
 }
 
-// scrapeLatency scrapes n times in a row, as Prometheus does (gzip, a
-// kept-alive connection), and returns the median and 99th percentile.
+// scrapeLatency scrapes n times, as Prometheus does (gzip, a kept-alive
+// connection), one every scrapeGap, so that the scrapes fall at every
+// phase of the reads as a scraper's do; it returns the median and 99th
+// percentile. (In a row, 200 scrapes took some 60 ms: whether that window
+// met a read, or a hiccup of the machine, decided the whole p99.)
 func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
 	d := make([]time.Duration, 0, n)
 	for range n {
@@ -258,12 +265,18 @@ func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
 			return 0, 0, 0, err
 		}
 		d = append(d, time.Since(start))
+		time.Sleep(scrapeGap)
 	}
 	slices.Sort(d)
 	body, err := get(false)
 	series = strings.Count(string(body), "\nnetstat_tcp_longterm_connections_total")
 	return d[n/2], d[(n*99+99)/100-1], series, err
 }
+
+// scrapeGap is the pause between two scrapes of scrapeLatency: no whole
+// number of them makes the 1 s interval, so the scrapes drift through the
+// phases of the reads.
+const scrapeGap = 7 * time.Millisecond
 
 func printTable(w io.Writer, rows []result, bins binaries) {
 	fmt.Fprintln(w, "| connections | source | floor: read tcp+tcp6 | floor: bare dump | exporter CPU per read | ratio to /proc floor | ratio to dump | RSS | /metrics p50 | /metrics p99 | series |")
