@@ -141,10 +141,11 @@ func serve(ctx context.Context, s *settings, ln net.Listener, logger *log.Logger
 //
 // It reads in a thread of its own, at a lower priority (readNice), so that
 // a scrape, or the application beside the exporter, that wants a core
-// while a read of tens of milliseconds holds it gets it as soon as the read
-// next returns from the kernel (with a page of /proc or a datagram of the
-// dump), instead of after the scheduler's time slice. The thread ends with the loop: it
-// stays locked, so that no other goroutine ever runs on it.
+// while a read of tens of milliseconds holds it gets it as soon as the
+// read next returns from the kernel (with a page of /proc or a datagram of
+// the dump), instead of after the scheduler's time slice. The thread ends
+// with the loop: it stays locked, so that no other goroutine ever runs on
+// it.
 func (x *exporter) loop(ctx context.Context) {
 	runtime.LockOSThread()
 	if err := lowerPriority(readNice); err != nil {

@@ -310,16 +310,16 @@ var buildLabels = sync.OnceValue(func() []byte {
 // readNice is how much nicer than the process the reads run (see loop).
 const readNice = 10
 
-// lowerPriority makes the calling thread by nice nicer, up to the least
-// priority there is (19). Linux keeps a nice value per thread.
-func lowerPriority(nice int) error {
+// lowerPriority raises the calling thread's nice value by n, to 19 at
+// most, the least priority there is. Linux keeps a nice value per thread.
+func lowerPriority(n int) error {
 	tid := syscall.Gettid()
 	// The system call returns 20 - nice, to keep clear of errors.
 	prio, err := syscall.Getpriority(syscall.PRIO_PROCESS, tid)
 	if err != nil {
 		return fmt.Errorf("getpriority: %w", err)
 	}
-	if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, min(20-prio+nice, 19)); err != nil {
+	if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, min(20-prio+n, 19)); err != nil {
 		return fmt.Errorf("setpriority: %w", err)
 	}
 	return nil
