@@ -76,24 +76,31 @@ func TestGzipTail(t *testing.T) {
 		if again := bd.gzipped(); &again[0] != &gz[0] {
 			t.Errorf("%d bytes: the body was compressed twice", n)
 		}
-		wire := appendGzipTail(bytes.Clone(gz), bd.crc, len(bd.b), process)
-		r := bytes.NewReader(wire)
-		zr, err := gzip.NewReader(r)
-		if err != nil {
-			t.Fatalf("%d bytes: %v", n, err)
-		}
-		zr.Multistream(false)
-		got, err := io.ReadAll(zr)
-		if err != nil {
-			t.Fatalf("%d bytes: %v", n, err)
-		}
+		got := gunzipOne(t, appendGzipTail(bytes.Clone(gz), bd.crc, len(bd.b), process))
 		if want := append(bytes.Clone(text), process...); !bytes.Equal(got, want) {
 			t.Errorf("%d bytes: decoded %d bytes, want %d", n, len(got), len(want))
 		}
-		if r.Len() > 0 {
-			t.Errorf("%d bytes: %d bytes after the gzip member", n, r.Len())
-		}
 	}
+}
+
+// gunzipOne decodes wire as a strict reader does: one gzip member, its
+// CRC-32 and size checked, and nothing after it.
+func gunzipOne(t *testing.T, wire []byte) []byte {
+	t.Helper()
+	r := bytes.NewReader(wire)
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr.Multistream(false)
+	text, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Len() > 0 {
+		t.Errorf("%d bytes after the gzip member", r.Len())
+	}
+	return text
 }
 
 // TestMetricsGzip scrapes with and without gzip as a scraper that checks
@@ -128,18 +135,7 @@ func TestMetricsGzip(t *testing.T) {
 		}
 		text := wire
 		if gzipped {
-			r := bytes.NewReader(wire)
-			zr, err := gzip.NewReader(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			zr.Multistream(false)
-			if text, err = io.ReadAll(zr); err != nil {
-				t.Fatal(err)
-			}
-			if r.Len() > 0 {
-				t.Errorf("%d bytes after the gzip member", r.Len())
-			}
+			text = gunzipOne(t, wire)
 		}
 		if i := bytes.LastIndexByte(text[:max(len(text)-1, 0)], '\n'); !bytes.HasPrefix(text[i+1:], []byte("go_goroutines ")) {
 			t.Errorf("gzip %t: the process families are not at the end:\n%s", gzipped, text)
