@@ -73,6 +73,18 @@ echo "== go test -race"
 # connections for known times.
 go test -race -count=1 -p 1 -timeout 45m ./...
 echo "== fuzz"
+# Go 1.26's fuzz coordinator can end a run at -fuzztime with a bare
+# "context deadline exceeded" and no input (go.dev/issue/75804, fixed in
+# Go 1.27): that is a race of its own shutdown, not a finding. A finding
+# always writes its input under testdata/fuzz, and still fails the run.
 for f in $(go test -list '^Fuzz' . | grep '^Fuzz'); do
-	go test -run '^$' -fuzz "^$f\$" -fuzztime "${FUZZTIME:-20s}" .
+	if out=$(go test -run '^$' -fuzz "^$f\$" -fuzztime "${FUZZTIME:-20s}" . 2>&1); then
+		printf '%s\n' "$out"
+		continue
+	fi
+	printf '%s\n' "$out"
+	if grep -q 'Failing input written' <<<"$out" || ! grep -q 'context deadline exceeded' <<<"$out"; then
+		exit 1
+	fi
+	echo "$f: only the fuzz coordinator's deadline race (go.dev/issue/75804), no failing input: passed"
 done
