@@ -49,13 +49,11 @@ type procStat struct {
 // readStat parses /proc/self/stat. The command name in parentheses may hold
 // spaces, so fields are counted from the last ')'.
 func readStat() (procStat, error) {
-	data, err := os.ReadFile("/proc/self/stat")
+	f, err := statFields("/proc/self/stat")
 	if err != nil {
 		return procStat{}, err
 	}
-	i := bytes.LastIndexByte(data, ')')
-	f := bytes.Fields(data[i+1:]) // f[0] is field 3, the state
-	if i < 0 || len(f) < 22 {
+	if len(f) < 22 {
 		return procStat{}, errFields
 	}
 	num := func(field int) float64 {
@@ -68,6 +66,21 @@ func readStat() (procStat, error) {
 		vsize:      num(23),
 		rss:        num(24) * float64(os.Getpagesize()),
 	}, nil
+}
+
+// statFields reads a proc_pid_stat(5) file, of a process or a thread, and
+// returns its fields from field 3, the state, on: the command name before
+// them, in parentheses, may itself hold spaces and parentheses.
+func statFields(path string) ([][]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return nil, errFields
+	}
+	return bytes.Fields(data[i+1:]), nil
 }
 
 // appendProcessMetrics writes the process_* families and go_goroutines;
