@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,4 +212,84 @@ func TestReadsAtLowerPriority(t *testing.T) {
 		}
 	})
 	testnet.WaitFor(t, 10*time.Second, "the reading thread to end with serve", func() bool { return count() == 0 })
+}
+
+// On procfs a read of a table ends at the page that proves the end, a
+// read(2) short of the call that returns 0, and lists the lines that call's
+// reader would. The connections of one listener grow one at a time across
+// several pages of the real table; at each step the sockets of its port,
+// read both ways, must match, and some steps must have ended early.
+func TestTableReaderEndsAtShortPage(t *testing.T) {
+	for _, c := range []struct{ network, addr, file string }{
+		{"tcp4", "127.0.0.1:0", "tcp"},
+		{"tcp6", "[::1]:0", "tcp6"},
+	} {
+		t.Run(c.file, func(t *testing.T) {
+			srv := testnet.Listen(t, c.network, c.addr)
+			path := "/proc/net/" + c.file
+			read := func(toZero bool) (got []string, early bool) {
+				r, err := openTable(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer syscall.Close(r.fd)
+				if !r.seq {
+					t.Fatalf("%s is not found on procfs", path)
+				}
+				r.seq = !toZero
+				var p tableParser
+				err = p.parse(&r, path, func(s *socket) {
+					// The pair, not the state: the server's end of the
+					// newest connection may still be a request socket.
+					if s.Local.Port() == uint16(srv.Port) || s.Remote.Port() == uint16(srv.Port) {
+						got = append(got, s.Local.String()+" "+s.Remote.String())
+					}
+				}, func(err error) { t.Error(err) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				return got, r.done
+			}
+			early := 0
+			const steps = 60 // tcp: over four pages of 27 lines
+			for i := range steps {
+				testnet.Dial(t, 1, c.network, srv.Listener.Addr().String())
+				got, ended := read(false)
+				want, _ := read(true)
+				slices.Sort(got)
+				slices.Sort(want)
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Fatalf("%d connections: sockets of port %d, ended early %v (-read to 0 +ended at a short page):\n%s", i+1, srv.Port, ended, diff)
+				}
+				if len(got) != 2*(i+1)+1 {
+					t.Fatalf("%d connections: %d sockets of port %d, want %d", i+1, len(got), srv.Port, 2*(i+1)+1)
+				}
+				if ended {
+					early++
+				}
+			}
+			if early == 0 {
+				t.Errorf("no read of %s ended at a short page in %d steps", path, steps)
+			}
+			t.Logf("%d of %d reads ended at a short page", early, steps)
+		})
+	}
+}
+
+// A table that is not on procfs, a capture in a file, is read until read(2)
+// returns 0, however short its last read.
+func TestTableReaderReadsFilesToZero(t *testing.T) {
+	dir := procfsDir(t, genTable(3, false), genTable(3, true))
+	r, err := openTable(filepath.Join(dir, "net", "tcp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(r.fd)
+	if r.seq {
+		t.Fatalf("a file in %s taken for procfs", dir)
+	}
+	got, _, err := parseAll(&r, "tcp")
+	if err != nil || len(got) != 3 || r.done {
+		t.Errorf("read %d sockets, err %v, ended early %v; want 3, nil, false", len(got), err, r.done)
+	}
 }
