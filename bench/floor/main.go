@@ -13,7 +13,10 @@
 // listeners, then the established sockets whose source or destination port
 // is the port, filtered in the kernel. With -source proc a read is
 // /proc/net/tcp then /proc/net/tcp6, opened and read to their end into a
-// large buffer.
+// large buffer; the end is where the exporter finds it, at the first read
+// that leaves more than a line's room in a page (the kernel's seq_file
+// stops a read only when the next line does not fit or the table ends),
+// not at a last call that returns 0 after walking the whole table again.
 //
 //	floor -reads 20                   # cpu_per_read_ns=... reads=20
 //	floor -reads 20 -port 8080        # listeners, and only port 8080's
@@ -80,6 +83,11 @@ func fail(err error) {
 	os.Exit(1)
 }
 
+// maxLineLen bounds a line of the tables, as the exporter's does.
+const maxLineLen = 512
+
+var pageSize = os.Getpagesize()
+
 // readProc reads /proc/net/tcp and tcp6 into buf, over and over, and
 // returns the bytes read.
 func readProc(buf []byte) int {
@@ -94,10 +102,10 @@ func readProc(buf []byte) int {
 			if e != 0 {
 				fail(fmt.Errorf("read %s: %w", path, e))
 			}
-			if n == 0 {
+			total += int(n)
+			if int(n)+maxLineLen < pageSize {
 				break
 			}
-			total += int(n)
 		}
 		syscall.Close(fd)
 	}
