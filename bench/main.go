@@ -29,8 +29,8 @@ func main() {
 	var (
 		ns      = flag.String("n", "0,1000,10000,50000,200000", "connection counts, comma-separated")
 		ports   = flag.Int("ports", 100, "listening ports the connections spread over")
-		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over")
-		scrapes = flag.Int("scrapes", 200, "scrapes to measure /metrics latency over")
+		reads   = flag.Int("reads", 20, "exporter reads to measure CPU over, in 4 windows")
+		scrapes = flag.Int("scrapes", 1000, "scrapes to measure /metrics latency over, in bursts of 200")
 		extra   = flag.String("args", "", "extra exporter flags, space-separated")
 	)
 	flag.Parse()

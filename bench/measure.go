@@ -50,9 +50,14 @@ var variants = []struct {
 	{"netlink, port", []string{"-source", "netlink"}, true, true},
 }
 
+// rounds is how many times a measurement alternates between the floor and
+// the exporter: the kernel's cost drifts by 5-30% within a minute on a
+// shared machine, and each floor is measured between two windows of the
+// exporter, so that the drift lands on both.
+const rounds = 4
+
 // measure holds n connections and runs each variant of the exporter,
-// measuring its CPU per read, RSS and scrape latency, and the floors just
-// before and just after it: the kernel's cost drifts over minutes.
+// measuring its CPU per read, RSS and scrape latency, and its floors.
 func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	port := ""
 	if n > 0 {
@@ -66,77 +71,129 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	var rows []result
 	for _, v := range variants {
 		args := append(append([]string{}, v.args...), cfg.args...)
+		dumpPort := ""
 		if v.withPort {
 			if port == "" {
 				continue
 			}
 			args = append(args, "-port", port)
-		}
-		dumpPort := ""
-		if v.withPort {
 			dumpPort = port
 		}
-		var procs, dumps [2]time.Duration
-		floors := func(i int) error {
-			var err error
-			procs[i], err = runFloor(bins.floor, max(cfg.reads/2, 1), "proc", "")
-			if err == nil && v.netlink {
-				dumps[i], err = runFloor(bins.floor, max(cfg.reads/2, 1), "netlink", dumpPort)
-			}
-			return err
-		}
-		if err := floors(0); err != nil {
-			return nil, err
-		}
-		r, err := measureExporter(bins.exporter, cfg, args)
+		r, err := measureVariant(bins, cfg, fmt.Sprintf("N=%d %s", n, v.name), args, v.netlink, dumpPort)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", v.name, err)
 		}
-		if err := floors(1); err != nil {
-			return nil, err
-		}
 		r.n, r.variant = n, v.name
-		// The table has the means; the drift of the floors over the
-		// minute between them shows how far a ratio can be trusted.
-		dump := ""
-		if v.netlink {
-			dump = fmt.Sprintf("; dump %s, then %s", ms(dumps[0]), ms(dumps[1]))
-		}
-		log.Printf("N=%d %s: /proc floor %s, then %s%s; exporter %s",
-			n, v.name, ms(procs[0]), ms(procs[1]), dump, ms(r.cpuPerRead))
-		r.floor, r.dumpFloor = (procs[0]+procs[1])/2, (dumps[0]+dumps[1])/2
 		rows = append(rows, r)
 	}
 	return rows, nil
 }
 
-// measureExporter runs the exporter with args and measures it.
-func measureExporter(bin string, cfg runConfig, args []string) (result, error) {
+// measureVariant runs the exporter with args and measures it in rounds
+// windows, stopped (SIGSTOP) while its floor reads between them: the
+// sock_diag dump for a netlink variant, else /proc. A netlink variant's
+// /proc floor, a column of the table and no target, is measured before
+// the first window and after the last.
+func measureVariant(bins binaries, cfg runConfig, label string, args []string, netlink bool, dumpPort string) (result, error) {
 	var r result
-	cmd, err := startExporter(bin, args)
+	cmd, err := startExporter(bins.exporter, args)
 	if err != nil {
 		return r, err
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
 	pid := cmd.Process.Pid
 	time.Sleep(3 * time.Second) // a few reads to warm up, without scrapes
-	// One scrape before and one after, outside the CPU time measured: a
-	// scrape costs as much as a small read.
-	reads0 := reads()
-	cpu0 := cpuTime(pid)
-	time.Sleep(time.Duration(cfg.reads)*time.Second + 500*time.Millisecond) // the default interval
-	cpu1 := cpuTime(pid)
-	reads1 := reads()
-	switch n := reads1 - reads0; {
-	case n < 1:
-		return r, fmt.Errorf("no read in %d s", cfg.reads)
-	case n < float64(cfg.reads): // a read takes longer than the interval
-		log.Printf("%s: only %v reads in %d s: CPU per read is over those", strings.Join(args, " "), n, cfg.reads)
+	per := max(cfg.reads/rounds, 1)
+	floor := func() (time.Duration, error) {
+		if netlink {
+			return runFloor(bins.floor, per, "netlink", dumpPort)
+		}
+		return runFloor(bins.floor, per, "proc", "")
 	}
-	r.cpuPerRead = time.Duration(float64(cpu1-cpu0) / (reads1 - reads0))
+	var (
+		floors  []time.Duration // the compared floor, around each window
+		windows []time.Duration // the exporter's CPU per read in each
+		procs   []time.Duration // a netlink variant's /proc floor
+	)
+	for i := 0; ; i++ {
+		cmd.Process.Signal(syscall.SIGSTOP)
+		if netlink && (i == 0 || i == rounds) {
+			d, err := runFloor(bins.floor, per, "proc", "")
+			if err != nil {
+				return r, err
+			}
+			procs = append(procs, d)
+		}
+		d, err := floor()
+		if err != nil {
+			return r, err
+		}
+		floors = append(floors, d)
+		cmd.Process.Signal(syscall.SIGCONT)
+		// The tick missed while stopped fires at once: that read, on
+		// caches the floor took, is not measured.
+		time.Sleep(2 * time.Second)
+		if i == rounds {
+			break
+		}
+		w, err := window(pid, per)
+		if err != nil {
+			return r, fmt.Errorf("%s: %v", strings.Join(args, " "), err)
+		}
+		windows = append(windows, w)
+	}
+	r.cpuPerRead = mean(windows)
+	if netlink {
+		r.dumpFloor, r.floor = mean(floors), mean(procs)
+	} else {
+		r.floor = mean(floors)
+	}
+	procLog := ""
+	if netlink {
+		procLog = "; /proc floor " + mss(procs)
+	}
+	log.Printf("%s: floor %s, exporter %s%s", label, mss(floors), mss(windows), procLog)
 	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
 	r.rss = rss(pid) // after the scrapes, which bring the gzip writer in
 	return r, err
+}
+
+// window measures the CPU time per read of the exporter pid over reads
+// seconds: a whole number of its 1 s intervals,
+// so that what a read cut at the window's start leaves out the read cut
+// at its end brings in, whatever the phase. The exporter's own count of
+// reads, taken by a scrape outside the window, checks that it kept up.
+func window(pid, reads int) (time.Duration, error) {
+	reads0 := readCount()
+	cpu0 := cpuTime(pid)
+	time.Sleep(time.Duration(reads) * time.Second)
+	cpu1 := cpuTime(pid)
+	done := readCount() - reads0
+	switch {
+	case done < 1:
+		return 0, fmt.Errorf("no read in %d s", reads)
+	case done < float64(reads)-1: // a read takes longer than the interval
+		log.Printf("only %v reads in %d s: CPU per read is over those", done, reads)
+		return time.Duration(float64(cpu1-cpu0) / done), nil
+	}
+	return time.Duration(cpu1-cpu0) / time.Duration(reads), nil
+}
+
+func mean(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(max(len(ds), 1))
+}
+
+// mss is ds in milliseconds, space-separated, for the log.
+func mss(ds []time.Duration) string {
+	s := make([]string, len(ds))
+	for i, d := range ds {
+		s[i] = fmt.Sprintf("%.2f", float64(d)/1e6)
+	}
+	return strings.Join(s, " ") + " ms"
 }
 
 // startLoad runs the load tool and waits until it holds n connections; it
@@ -221,8 +278,8 @@ func rss(pid int) int64 {
 	return 0
 }
 
-// reads is the exporter's read count, from its own counter.
-func reads() float64 {
+// readCount is the exporter's count of reads, from its own counter.
+func readCount() float64 {
 	body, err := get(false)
 	if err != nil {
 		return -1
@@ -252,15 +309,25 @@ func get(gzip bool) ([]byte, error) {
 	return io.ReadAll(resp.Body)
 }
 
-// scrapeLatency scrapes n times in a row, as Prometheus does (gzip, a
-// kept-alive connection), and returns the median and 99th percentile. In
-// a row, not spread out: spread 7 ms apart, each scrape found the
-// exporter's threads asleep and waited for the kernel to wake them, and on
-// a virtual machine that measured the host (p99 6 ms at N=0, where a read
-// takes 1 ms) more than the exporter.
+// Scrapes are measured in bursts, as Prometheus scrapes (gzip, a
+// kept-alive connection), each burst in a row, not spread out: spread 7 ms
+// apart, each scrape found the exporter's threads asleep and waited for
+// the kernel to wake them, and on a virtual machine that measured the host
+// (p99 6 ms at N=0, where a read takes 1 ms) more than the exporter. A
+// burst takes 50-100 ms and meets a read or not, so bursts start 1.3 s
+// apart, at five phases of the exporter's 1 s interval.
+const (
+	scrapeBurst = 200
+	burstGap    = 1300 * time.Millisecond
+)
+
+// scrapeLatency scrapes n times and returns the median and 99th percentile.
 func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
 	d := make([]time.Duration, 0, n)
-	for range n {
+	for i := range n {
+		if i > 0 && i%scrapeBurst == 0 {
+			time.Sleep(burstGap)
+		}
 		start := time.Now()
 		if _, err := get(true); err != nil {
 			return 0, 0, 0, err
