@@ -142,14 +142,10 @@ func measureVariant(bins binaries, cfg runConfig, label string, args []string, n
 		}
 		windows = append(windows, w)
 	}
-	r.cpuPerRead = mean(windows)
-	if netlink {
-		r.dumpFloor, r.floor = mean(floors), mean(procs)
-	} else {
-		r.floor = mean(floors)
-	}
+	r.cpuPerRead, r.floor = mean(windows), mean(floors)
 	procLog := ""
 	if netlink {
+		r.dumpFloor, r.floor = r.floor, mean(procs)
 		procLog = "; /proc floor " + mss(procs)
 	}
 	log.Printf("%s: floor %s, exporter %s%s", label, mss(floors), mss(windows), procLog)
@@ -159,10 +155,10 @@ func measureVariant(bins binaries, cfg runConfig, label string, args []string, n
 }
 
 // window measures the CPU time per read of the exporter pid over reads
-// seconds: a whole number of its 1 s intervals,
-// so that what a read cut at the window's start leaves out the read cut
-// at its end brings in, whatever the phase. The exporter's own count of
-// reads, taken by a scrape outside the window, checks that it kept up.
+// seconds, a whole number of its 1 s intervals, so that what a read cut at
+// the window's start leaves out the read cut at its end brings in,
+// whatever the phase. The exporter's own count of reads, taken by a
+// scrape outside the window, checks that it kept up.
 func window(pid, reads int) (time.Duration, error) {
 	reads0 := readCount()
 	cpu0 := cpuTime(pid)
