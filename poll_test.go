@@ -227,7 +227,7 @@ func TestTableReaderEndsAtShortPage(t *testing.T) {
 		t.Run(c.file, func(t *testing.T) {
 			srv := testnet.Listen(t, c.network, c.addr)
 			path := "/proc/net/" + c.file
-			read := func(toZero bool) (got []string, early bool) {
+			read := func(toZero bool) (pairs []string, ended bool) {
 				r, err := openTable(path)
 				if err != nil {
 					t.Fatal(err)
@@ -237,18 +237,18 @@ func TestTableReaderEndsAtShortPage(t *testing.T) {
 					t.Fatalf("%s is not found on procfs", path)
 				}
 				r.seq = !toZero
-				var p tableParser
-				err = p.parse(&r, path, func(s *socket) {
+				got, bad, err := parseAll(&r, path)
+				if err != nil || bad != nil {
+					t.Fatalf("reading %s: %v %v", path, err, bad)
+				}
+				for _, s := range got {
 					// The pair, not the state: the server's end of the
 					// newest connection may still be a request socket.
 					if s.Local.Port() == uint16(srv.Port) || s.Remote.Port() == uint16(srv.Port) {
-						got = append(got, s.Local.String()+" "+s.Remote.String())
+						pairs = append(pairs, s.Local.String()+" "+s.Remote.String())
 					}
-				}, func(err error) { t.Error(err) })
-				if err != nil {
-					t.Fatal(err)
 				}
-				return got, r.done
+				return pairs, r.done
 			}
 			early := 0
 			const steps = 60 // tcp: over four pages of 27 lines
