@@ -4,7 +4,9 @@
 # server, 2.x), iproute2 (ss, network namespaces), chromium, r-cran-shiny
 # and nodejs (real browsers on a real Shiny app and a node server),
 # qemu-user-static (the other architectures' binaries), systemd (for
-# systemd-analyze), git, curl, shellcheck (actionlint runs it on the
+# systemd-analyze), podman, runc and busybox-static (the image built and
+# run by a real container engine), systemd-container (the unit booted
+# under systemd-nspawn), git, curl, shellcheck (actionlint runs it on the
 # workflow's scripts) and openssl (the TLS tests run README's
 # commands that make a test CA); and Prometheus 3 with its promtool, built
 # from the Go module proxy at a pinned version outside the project's go.mod
@@ -28,6 +30,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v qemu-aarch64-static >/dev/null && command -v qemu-arm-static >/dev/null &&
 	command -v qemu-riscv64-static >/dev/null && command -v qemu-s390x-static >/dev/null || need+=(qemu-user-static)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v podman >/dev/null || need+=(podman) # the image, built and run by a real engine
+command -v runc >/dev/null || need+=(runc)     # crun refuses a hybrid cgroup layout
+[ -x /bin/busybox ] || need+=(busybox-static)  # /bin/sh of the stand-in builder image
+command -v systemd-nspawn >/dev/null || need+=(systemd-container) # the unit under a real systemd
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -eq 0 ]; then
 		echo "== installing ${need[*]}"
