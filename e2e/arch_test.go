@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -23,8 +25,9 @@ import (
 
 // The binaries of other architectures: the release build is reproducible,
 // the arm64, arm v7 and riscv64 binaries count real connections under
-// qemu-user, the 386 binary (sockets through socketcall) runs natively, and
-// the s390x parsers read big-endian fixtures under qemu.
+// qemu-user, the 386 binary (sockets through socketcall) runs natively
+// where the kernel executes it, and the s390x parsers read big-endian
+// fixtures under qemu.
 //
 // The helpers of this file alone are prefixed arch.
 
@@ -296,11 +299,77 @@ func TestArchQemu(t *testing.T) {
 	}
 }
 
-// TestArch386 runs the 386 binary on this machine's kernel: with netlink,
-// whose receive goes through socketcall(2) on 386, and with /proc; then
-// alone in an empty root as nobody, as the scratch image runs it.
+// arch386KernelTests are the unit tests of package main that exercise the
+// socketcall(2) receive path against the running kernel.
+var arch386KernelTests = []string{
+	"TestDiagDumpMatchesProc", "TestDiagDumpErrors", "TestDiagDumpRecovers", "TestDiagRecvWaits", "TestDiagDumpAllocs",
+}
+
+// TestArch386 checks the 386 build, whose sockets go through socketcall(2).
+// Everywhere: the binary is a static, stripped 32-bit x86 ELF of a sane
+// size, the 386-only code is vetted and the unit tests compile for 386.
+// Where the kernel executes 32-bit x86 binaries (some machines of this
+// kind do not, and Go's 386 runtime dies under qemu-i386), the binary also
+// counts real connections with netlink and with /proc, and alone in an
+// empty root as nobody, as the scratch image runs it; and the socketcall
+// path's unit tests run against this kernel.
 func TestArch386(t *testing.T) {
-	bin := archBuild(t, t.TempDir(), "386")
+	dir := t.TempDir()
+	bin := archBuild(t, dir, "386")
+	arch386ELF(t, bin, 4<<20, 8<<20)
+	repo := archRepo(t)
+	env := []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=386"}
+	archRun(t, repo, env, "go", "vet", ".")
+	test := filepath.Join(dir, "main-386.test")
+	archRun(t, repo, env, "go", "test", "-c", "-o", test, ".")
+	arch386ELF(t, test, 1<<20, 64<<20)
+
+	if err := exec.Command(bin, "--version").Run(); errors.Is(err, syscall.ENOEXEC) {
+		t.Logf("this kernel does not execute 32-bit x86 binaries (%v): the 386 build was checked, vetted and its tests compiled, not run", err)
+		return
+	} else if err != nil {
+		t.Fatalf("%s --version: %v", bin, err)
+	}
+	out := archRun(t, repo, nil, test, "-test.v", "-test.count=1",
+		"-test.run", "^("+strings.Join(arch386KernelTests, "|")+")$")
+	for _, name := range arch386KernelTests {
+		if !regexp.MustCompile(`(?m)^--- PASS: ` + name + ` `).MatchString(out) {
+			t.Errorf("%s did not pass on 386:\n%s", name, out)
+		}
+	}
+	arch386Run(t, bin)
+}
+
+// arch386ELF checks that path is a static 32-bit x86 ELF executable of
+// between least and most bytes.
+func arch386ELF(t *testing.T, path string, least, most int64) {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Class != elf.ELFCLASS32 || f.Machine != elf.EM_386 || f.Type != elf.ET_EXEC {
+		t.Errorf("%s: %v %v %v, want ELFCLASS32 EM_386 ET_EXEC", path, f.Class, f.Machine, f.Type)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("%s has a %v program header: not static", path, p.Type)
+		}
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() < least || fi.Size() > most {
+		t.Errorf("%s: %d bytes, want %d to %d", path, fi.Size(), least, most)
+	}
+	t.Logf("%s: %d bytes (%.2f MiB), static %v %v", filepath.Base(path), fi.Size(), float64(fi.Size())/(1<<20), f.Class, f.Machine)
+}
+
+// arch386Run runs the 386 binary with netlink, with /proc, and in an empty
+// root as nobody.
+func arch386Run(t *testing.T, bin string) {
 	netlink := archCase{file: "netlink", logLine: "reading connections from netlink sock_diag",
 		noLog: []string{"netlink sock_diag unavailable", "netlink sock_diag failed"}, startFor: 20 * time.Second}
 	t.Run("netlink", func(t *testing.T) {
