@@ -13,8 +13,10 @@ import (
 const (
 	nlmsgHdrLen      = 16                        // sizeof(struct nlmsghdr)
 	diagReqLen       = 56                        // sizeof(struct inet_diag_req_v2)
+	diagOldReqLen    = 60                        // sizeof(struct inet_diag_req), the old request's
 	diagMsgLen       = 72                        // sizeof(struct inet_diag_msg)
 	netlinkSockDiag  = syscall.NETLINK_INET_DIAG // NETLINK_SOCK_DIAG, its later name
+	tcpDiagGetSock   = 18                        // TCPDIAG_GETSOCK, the old request: both families
 	sockDiagByFamily = 20                        // SOCK_DIAG_BY_FAMILY
 	diagReqBytecode  = 1                         // INET_DIAG_REQ_BYTECODE
 	bcJmp            = 1                         // INET_DIAG_BC_JMP
@@ -57,21 +59,42 @@ var (
 
 // diagSource dumps TCP sockets of the caller's network namespace over
 // NETLINK_SOCK_DIAG. It is not safe for concurrent use.
+//
+// IPv4 and IPv6 TCP sockets live in one kernel table, and a dump of one
+// family walks all of it, skipping the other's sockets. The old request,
+// TCPDIAG_GETSOCK, is served with family AF_UNSPEC (inet_diag_dump_compat):
+// both families in one walk, the same replies, the same bytecode. So a
+// dump asks with it, and asks per family only where the kernel refuses it.
 type diagSource struct {
-	fd     int    // -1 while closed or after a failed reopen
-	buf    []byte // receive buffer, reused across reads
-	req    []byte // request being sent, reused
-	pid    uint32 // our netlink port id; the kernel addresses replies to it
-	seq    uint32 // sequence number of the last request
-	sock   socket // the value handed to fn, reused
-	closed bool   // Close was called
+	walk    uint16 // the one-walk request's type; 0 where the kernel refused it
+	refused error  // why the kernel refused it
+	fd      int    // -1 while closed or after a failed reopen
+	buf     []byte // receive buffer, reused across reads
+	req     []byte // request being sent, reused
+	pid     uint32 // our netlink port id; the kernel addresses replies to it
+	seq     uint32 // sequence number of the last request
+	sock    socket // the value handed to fn, reused
+	closed  bool   // Close was called
 }
 
 // newDiagSource opens the netlink socket that dump uses.
-func newDiagSource() (*diagSource, error) {
-	d := &diagSource{fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
+func newDiagSource() (*diagSource, error) { return openDiagSource(tcpDiagGetSock) }
+
+// openDiagSource opens the socket and asks once with the one-walk request
+// of type walk, for the listeners alone (the small listening table, not
+// the connections'): an error reply means this kernel refuses it, and
+// dumps ask per family.
+func openDiagSource(walk uint16) (*diagSource, error) {
+	d := &diagSource{walk: walk, fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
 	if err := d.open(); err != nil {
 		return nil, err
+	}
+	err := d.request(walk, syscall.AF_UNSPEC, listenStates, nil, func(*socket) {})
+	if errors.Is(err, errDiagNetlink) {
+		d.walk, d.refused = 0, err
+	} else if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	return d, nil
 }
@@ -130,30 +153,42 @@ func (d *diagSource) Close() error {
 	return err
 }
 
-// dump asks for AF_INET then AF_INET6 sockets in state ESTABLISHED or LISTEN
-// and calls fn for each; fn must not keep the pointer. With ports (nil asks
-// for all) the kernel sends every listener but only the established sockets
-// whose source or destination port is one of ports: listeners come from a
-// request of their own, established sockets from a request carrying a port
-// filter. An error of one family does not stop the other; fn may have seen
-// sockets of a failed dump.
+// dump asks for the TCP sockets of both families in state ESTABLISHED or
+// LISTEN and calls fn for each; fn must not keep the pointer. With ports
+// (nil asks for all) the kernel sends every listener but only the
+// established sockets whose source or destination port is one of ports.
+// Asked per family, an error of one family does not stop the other; fn
+// may have seen sockets of a failed dump.
 func (d *diagSource) dump(ports []uint16, fn func(*socket)) error {
 	if len(ports) > maxFilterPorts {
 		return fmt.Errorf("%w: %d", errDiagPorts, len(ports))
 	}
+	if d.walk != 0 {
+		if err := d.dumpStates(d.walk, syscall.AF_UNSPEC, ports, fn); err != nil {
+			return fmt.Errorf("sock_diag: %w", err)
+		}
+		return nil
+	}
 	var errs [2]error
 	for i, f := range diagFamilies {
-		var err error
-		if ports == nil {
-			err = d.request(f.family, listenStates|establishedStates, nil, fn)
-		} else if err = d.request(f.family, listenStates, nil, fn); err == nil {
-			err = d.request(f.family, establishedStates, ports, fn)
-		}
-		if err != nil {
+		if err := d.dumpStates(sockDiagByFamily, f.family, ports, fn); err != nil {
 			errs[i] = fmt.Errorf("sock_diag %s: %w", f.name, err)
 		}
 	}
 	return errors.Join(errs[0], errs[1])
+}
+
+// dumpStates is one request of type typ for family, or with ports two:
+// the listeners, then the established sockets carrying the port filter
+// (bytecode has no test of state, and every listener tells direction).
+func (d *diagSource) dumpStates(typ uint16, family uint8, ports []uint16, fn func(*socket)) error {
+	if ports == nil {
+		return d.request(typ, family, listenStates|establishedStates, nil, fn)
+	}
+	if err := d.request(typ, family, listenStates, nil, fn); err != nil {
+		return err
+	}
+	return d.request(typ, family, establishedStates, ports, fn)
 }
 
 var diagFamilies = [...]struct {
@@ -164,7 +199,7 @@ var diagFamilies = [...]struct {
 // request runs one dump to its end. When it stops early, unread replies
 // would be mistaken for the next request's and the kernel would refuse a new
 // dump (EBUSY) while this one is pending, so the socket is replaced.
-func (d *diagSource) request(family uint8, states uint32, ports []uint16, fn func(*socket)) error {
+func (d *diagSource) request(typ uint16, family uint8, states uint32, ports []uint16, fn func(*socket)) error {
 	if d.closed {
 		return errDiagClosed
 	}
@@ -173,7 +208,7 @@ func (d *diagSource) request(family uint8, states uint32, ports []uint16, fn fun
 			return err
 		}
 	}
-	err := d.send(family, states, ports)
+	err := d.send(typ, family, states, ports)
 	for i := 0; err == nil; i++ {
 		if i == diagMaxRecvs {
 			err = errDiagEndless
@@ -194,13 +229,13 @@ func (d *diagSource) request(family uint8, states uint32, ports []uint16, fn fun
 	return err
 }
 
-// send writes a dump request for one family.
-func (d *diagSource) send(family uint8, states uint32, ports []uint16) error {
+// send writes a dump request.
+func (d *diagSource) send(typ uint16, family uint8, states uint32, ports []uint16) error {
 	d.seq++
 	if d.seq == 0 { // 0 means "any" to parseReply
 		d.seq = 1
 	}
-	d.req = appendRequest(d.req[:0], d.seq, family, states, ports)
+	d.req = appendRequest(d.req[:0], d.seq, typ, family, states, ports)
 	if _, err := syscall.Write(d.fd, d.req); err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
@@ -237,24 +272,36 @@ func (d *diagSource) recv() (int, error) {
 	}
 }
 
-// appendRequest appends a SOCK_DIAG_BY_FAMILY dump request for TCP sockets
-// of family in states; ports other than nil add a filter: the source or
-// destination port is one of ports.
-func appendRequest(b []byte, seq uint32, family uint8, states uint32, ports []uint16) []byte {
-	n := nlmsgHdrLen + diagReqLen
+// appendRequest appends a dump request for TCP sockets of family in
+// states: of type SOCK_DIAG_BY_FAMILY, a struct inet_diag_req_v2; of
+// another type (TCPDIAG_GETSOCK), the old struct inet_diag_req, whose
+// protocol is the type's and whose family the kernel ignores. ports other
+// than nil add a filter: the source or destination port is one of ports.
+func appendRequest(b []byte, seq uint32, typ uint16, family uint8, states uint32, ports []uint16) []byte {
+	n := nlmsgHdrLen + diagOldReqLen
+	if typ == sockDiagByFamily {
+		n = nlmsgHdrLen + diagReqLen
+	}
 	if ports != nil {
 		n += 4 + portFilterLen(len(ports))
 	}
 	ne := binary.NativeEndian
 	b = ne.AppendUint32(b, uint32(n))
-	b = ne.AppendUint16(b, sockDiagByFamily)
+	b = ne.AppendUint16(b, typ)
 	b = ne.AppendUint16(b, syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
 	b = ne.AppendUint32(b, seq)
-	b = ne.AppendUint32(b, 0)                        // nlmsg_pid: the kernel fills it in
-	b = append(b, family, syscall.IPPROTO_TCP, 0, 0) // family, protocol, idiag_ext, pad
-	b = ne.AppendUint32(b, states)                   // idiag_states
-	var anyID [diagReqLen - 8]byte
-	b = append(b, anyID[:]...) // inet_diag_sockid: match any
+	b = ne.AppendUint32(b, 0) // nlmsg_pid: the kernel fills it in
+	var anyID [48]byte        // inet_diag_sockid: match any
+	if typ == sockDiagByFamily {
+		b = append(b, family, syscall.IPPROTO_TCP, 0, 0) // family, protocol, idiag_ext, pad
+		b = ne.AppendUint32(b, states)                   // idiag_states
+		b = append(b, anyID[:]...)
+	} else {
+		b = append(b, family, 0, 0, 0) // family, src_len, dst_len, idiag_ext
+		b = append(b, anyID[:]...)
+		b = ne.AppendUint32(b, states) // idiag_states
+		b = ne.AppendUint32(b, 0)      // idiag_dbs
+	}
 	if ports != nil {
 		b = ne.AppendUint16(b, uint16(4+portFilterLen(len(ports)))) // nla_len
 		b = ne.AppendUint16(b, diagReqBytecode)                     // nla_type
@@ -335,7 +382,7 @@ func parseReply(b []byte, seq, pid uint32, s *socket, fn func(*socket)) (done bo
 		}
 		payload := b[nlmsgHdrLen:n]
 		switch typ := ne.Uint16(b[4:]); typ {
-		case sockDiagByFamily:
+		case sockDiagByFamily, tcpDiagGetSock: // a reply has its request's type
 			if err := parseDiagMsg(payload, s); err != nil {
 				return false, err
 			}

@@ -30,15 +30,17 @@ func captureNetlinkReplies(t *testing.T) {
 	broken[1] = 0 // yes = 0: the kernel rejects the program
 	for _, c := range []struct {
 		name   string
+		typ    uint16
 		family uint8
 		bc     []byte
 	}{
-		{"inet", syscall.AF_INET, own},
-		{"inet6", syscall.AF_INET6, own},
-		{"einval", syscall.AF_INET, broken},
+		{"inet", sockDiagByFamily, syscall.AF_INET, own},
+		{"inet6", sockDiagByFamily, syscall.AF_INET6, own},
+		{"walk", tcpDiagGetSock, syscall.AF_UNSPEC, own},
+		{"einval", sockDiagByFamily, syscall.AF_INET, broken},
 	} {
 		d.seq++
-		req := appendRequest(nil, d.seq, c.family, listenStates|establishedStates, nil)
+		req := appendRequest(nil, d.seq, c.typ, c.family, listenStates|establishedStates, nil)
 		req = binary.NativeEndian.AppendUint16(req, uint16(4+len(c.bc)))
 		req = append(binary.NativeEndian.AppendUint16(req, diagReqBytecode), c.bc...)
 		binary.NativeEndian.PutUint32(req, uint32(len(req)))

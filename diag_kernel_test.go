@@ -125,11 +125,54 @@ func newTestDiagSource(tb testing.TB) *diagSource {
 	return d
 }
 
+// diagRefusedType is a request type that sock_diag refuses with EINVAL, as
+// it does every type it does not know: asked with it for the one-walk
+// request, a source meets the refusal of a kernel without TCPDIAG_GETSOCK
+// (EOPNOTSUPP there) from the real kernel, and must dump per family.
+const diagRefusedType = 17
+
+// diagSources are the two ways a source dumps: one walk for both
+// families, and per family where the kernel refuses the one walk.
+var diagSources = []struct {
+	name string
+	walk uint16
+}{{"one walk", tcpDiagGetSock}, {"per family", diagRefusedType}}
+
+func openTestDiagSource(tb testing.TB, walk uint16) *diagSource {
+	tb.Helper()
+	d, err := openDiagSource(walk)
+	if err != nil {
+		tb.Fatalf("openDiagSource(%d): %v", walk, err)
+	}
+	tb.Cleanup(func() { d.Close() })
+	return d
+}
+
+// TestDiagOneWalkRefused: a source asks with TCPDIAG_GETSOCK where the
+// kernel takes it (every Linux since 2.6), and per family where the kernel
+// refuses the request.
+func TestDiagOneWalkRefused(t *testing.T) {
+	if d := newTestDiagSource(t); d.walk != tcpDiagGetSock || d.refused != nil {
+		t.Errorf("newDiagSource: walk %d, refused %v; want %d, nil", d.walk, d.refused, tcpDiagGetSock)
+	}
+	d := openTestDiagSource(t, diagRefusedType)
+	if d.walk != 0 || !errors.Is(d.refused, errDiagNetlink) || !errors.Is(d.refused, syscall.EINVAL) {
+		t.Errorf("asked with type %d: walk %d, refused %v; want 0 and EINVAL", diagRefusedType, d.walk, d.refused)
+	}
+}
+
 // TestDiagDumpMatchesProc compares netlink with /proc for the test's own
 // sockets, which are stable while the rest of the table may change.
 func TestDiagDumpMatchesProc(t *testing.T) {
 	n := diagOpenTestNet(t)
-	d := newTestDiagSource(t)
+	for _, src := range diagSources {
+		t.Run(src.name, func(t *testing.T) { diagMatchProc(t, n, openTestDiagSource(t, src.walk)) })
+	}
+}
+
+// diagMatchProc compares d's dumps with /proc for the sockets of n, all
+// ports and several port filters.
+func diagMatchProc(t *testing.T, n *diagTestNet, d *diagSource) {
 	proc := diagReadProc(t)
 	var own []socket
 	for _, s := range proc {
@@ -220,7 +263,7 @@ func TestDiagDumpErrors(t *testing.T) {
 func TestDiagDumpRecovers(t *testing.T) {
 	diagOpenTestNet(t)
 	d := newTestDiagSource(t)
-	if err := d.send(syscall.AF_INET, listenStates|establishedStates, nil); err != nil {
+	if err := d.send(d.walk, syscall.AF_UNSPEC, listenStates|establishedStates, nil); err != nil {
 		t.Fatal(err)
 	}
 	err := d.dump(nil, func(*socket) {})
@@ -279,7 +322,12 @@ func TestDiagRecvWaits(t *testing.T) {
 // receive path (recvfrom, or socketcall on 386 and s390x).
 func TestDiagDumpAllocs(t *testing.T) {
 	n := diagOpenTestNet(t)
-	d := newTestDiagSource(t)
+	for _, src := range diagSources {
+		t.Run(src.name, func(t *testing.T) { diagDumpAllocs(t, n, openTestDiagSource(t, src.walk)) })
+	}
+}
+
+func diagDumpAllocs(t *testing.T, n *diagTestNet, d *diagSource) {
 	count := 0
 	fn := func(*socket) { count++ }
 	for _, ports := range [][]uint16{nil, {n.port4}, {n.port6, n.port4, n.portDual}} {

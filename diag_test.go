@@ -48,11 +48,12 @@ func TestParseDiagGolden(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name string
-		want string // a line the capture must contain
+		want []string // what the capture must contain
 	}{
-		{"inet", " 127.0.0.1:"},
-		{"inet6", " [::ffff:127.0.0.1]:"}, // accepted by the dual-stack listener
-		{"einval", "invalid argument"},
+		{"inet", []string{" 127.0.0.1:"}},
+		{"inet6", []string{" [::ffff:127.0.0.1]:"}},                          // accepted by the dual-stack listener
+		{"walk", []string{" 127.0.0.1:", " [::1]:", " [::ffff:127.0.0.1]:"}}, // both families in one dump
+		{"einval", []string{"invalid argument"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, _ := diagGolden(diagRead(t, c.name+".bin"))
@@ -60,8 +61,10 @@ func TestParseDiagGolden(t *testing.T) {
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("parse of %s.bin mismatch (-want +got):\n%s", c.name, diff)
 			}
-			if !strings.Contains(got, c.want) {
-				t.Errorf("capture %s lacks %q; recapture with -capture-netlink", c.name, c.want)
+			for _, want := range c.want {
+				if !strings.Contains(got, want) {
+					t.Errorf("capture %s lacks %q; recapture with -capture-netlink", c.name, want)
+				}
 			}
 		})
 	}
@@ -95,6 +98,8 @@ func diagCases(tb testing.TB) []diagCase {
 	errno := func(e syscall.Errno) []byte { return ne.AppendUint32(nil, uint32(-int32(e))) }
 	return []diagCase{
 		{name: "real dump", data: base, wantDone: true, wantN: total},
+		{name: "real one-walk dump", data: diagRead(tb, "walk.bin"), wantDone: true,
+			wantN: strings.Count(string(diagRead(tb, "walk.golden")), "\n") - 1},
 		{name: "empty", data: nil},
 		{name: "first message only", data: base[:first], wantN: 1},
 		{name: "noop then dump", data: append(msg(syscall.NLMSG_NOOP), base...), wantDone: true, wantN: total},
@@ -162,6 +167,7 @@ func FuzzParseDiagMessages(f *testing.F) {
 		f.Add(c.data)
 	}
 	f.Add(diagRead(f, "inet6.bin"))
+	f.Add(diagRead(f, "walk.bin"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		parseDiagMessages(b, func(s *socket) {
 			if strings.HasPrefix(s.State.String(), "tcpState(") {

@@ -95,7 +95,7 @@ func diagLayout(le []byte, big bool) []byte {
 		header(off)
 		p := off + nlmsgHdrLen
 		switch typ {
-		case sockDiagByFamily:
+		case sockDiagByFamily, tcpDiagGetSock:
 			// idiag_if, idiag_cookie[2], expires, rqueue, wqueue, uid, inode
 			for f := 40; f < diagMsgLen; f += 4 {
 				swap(p+f, 4)
