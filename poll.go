@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -28,6 +30,7 @@ type exporter struct {
 	files   [3]tableFile  // tcp, tcp6, netlink
 	observe func(*socket) // tr.observe, bound once
 	lastErr error         // of the previous read
+	buckets tableBuckets  // of the namespace's connection table
 	badSeen map[string]bool
 	back    *body     // the body the last read replaced; reused when free
 	freedAt time.Time // when memory was last given back to the OS
@@ -103,7 +106,38 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 	}
 	x.observe = x.tr.observe
 	x.openSource()
+	x.buckets = readBuckets(filepath.Join(s.procfs, "sys", "net", "ipv4", "tcp_ehash_entries"))
+	if x.buckets.known {
+		x.log.Print(x.buckets)
+	}
 	return x
+}
+
+// tableBuckets is the size of the kernel's TCP connection table, which
+// every dump and every read of /proc/net/tcp walks whole: the size of the
+// namespace's own table, or minus the size of the host's table that it
+// shares with every other namespace made before net.ipv4.tcp_child_ehash_entries
+// was set (Linux 6.1).
+type tableBuckets struct {
+	n     int
+	known bool // the kernel says (Linux 6.1 and later)
+}
+
+// readBuckets reads net.ipv4.tcp_ehash_entries from path.
+func readBuckets(path string) tableBuckets {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return tableBuckets{}
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	return tableBuckets{n: n, known: err == nil && n != 0}
+}
+
+func (b tableBuckets) String() string {
+	if b.n < 0 {
+		return fmt.Sprintf("the connection table has %d buckets, shared with the host's other network namespaces: each read walks all their sockets too", -b.n)
+	}
+	return fmt.Sprintf("the connection table has %d buckets, this network namespace's own", b.n)
 }
 
 // openSource opens the netlink socket when the source setting asks for it
@@ -115,7 +149,11 @@ func (x *exporter) openSource() {
 		d, err := newDiagSource()
 		if err == nil {
 			x.diag = d
-			x.log.Printf("reading connections from netlink sock_diag")
+			if d.refused != nil {
+				x.log.Printf("reading connections from netlink sock_diag, a dump per family: the kernel refused TCPDIAG_GETSOCK, which dumps both in one walk: %v", d.refused)
+				return
+			}
+			x.log.Printf("reading connections from netlink sock_diag, both families in one walk")
 			return
 		}
 		x.log.Printf("netlink sock_diag unavailable, reading %s instead: %v", tables, err)
@@ -271,6 +309,7 @@ const (
 	malformedName = "tcp_established_exporter_malformed_lines_total"
 	lastReadName  = "tcp_established_exporter_last_read_duration_seconds"
 	trackedName   = "tcp_established_exporter_tracked_connections"
+	bucketsName   = "tcp_established_exporter_connection_table_buckets"
 )
 
 // appendHealth writes the exporter's own families.
@@ -296,6 +335,10 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendFloatSample(b, lastReadName, nil, took.Seconds())
 	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
 	b = appendIntSample(b, trackedName, nil, x.tr.tracked())
+	if x.buckets.known {
+		b = appendHeader(b, bucketsName, "Buckets of the kernel's TCP connection table that each read walks (net.ipv4.tcp_ehash_entries), negative when shared with the host", "gauge")
+		b = appendIntSample(b, bucketsName, nil, x.buckets.n)
+	}
 	b = appendHeader(b, reloadErrsName, "Reloads of the TLS and token files that failed and kept the last good ones", "counter")
 	var reloadErrors uint64
 	if x.reloadErrors != nil {

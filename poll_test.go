@@ -293,3 +293,37 @@ func TestTableReaderReadsFilesToZero(t *testing.T) {
 		t.Errorf("read %d sockets, err %v, ended early %v; want 3, nil, false", len(got), err, r.done)
 	}
 }
+
+func TestReadBuckets(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		name, data string
+		want       tableBuckets
+	}{
+		{"shared with the host", "-262144\n", tableBuckets{n: -262144, known: true}},
+		{"own", "1024\n", tableBuckets{n: 1024, known: true}},
+		{"zero", "0\n", tableBuckets{}},
+		{"not a number", "many\n", tableBuckets{}},
+		{"empty", "", tableBuckets{}},
+	} {
+		path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "_"))
+		if err := os.WriteFile(path, []byte(c.data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := readBuckets(path); got != c.want {
+			t.Errorf("%s: readBuckets(%q) = %+v, want %+v", c.name, c.data, got, c.want)
+		}
+	}
+	if got := readBuckets(filepath.Join(dir, "missing")); got.known {
+		t.Errorf("a missing file gave %+v: a kernel before 6.1 has none", got)
+	}
+	// The kernel's own, for this namespace.
+	data, err := os.ReadFile("/proc/sys/net/ipv4/tcp_ehash_entries")
+	if err != nil {
+		t.Logf("this kernel has no net.ipv4.tcp_ehash_entries (before 6.1): %v", err)
+		return
+	}
+	if got := readBuckets("/proc/sys/net/ipv4/tcp_ehash_entries"); !got.known || strconv.Itoa(got.n) != strings.TrimSpace(string(data)) {
+		t.Errorf("readBuckets of this kernel's = %+v, the file says %q", got, data)
+	}
+}

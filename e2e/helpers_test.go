@@ -41,6 +41,7 @@ const (
 	readErrsName    = "tcp_established_exporter_read_errors_total"
 	malformedName   = "tcp_established_exporter_malformed_lines_total"
 	trackedName     = "tcp_established_exporter_tracked_connections"
+	bucketsName     = "tcp_established_exporter_connection_table_buckets"
 	clientsName     = "netstat_tcp_longterm_clients"
 )
 
@@ -500,9 +501,26 @@ var netnsSeq atomic.Int64
 // it at the end of the test, after the processes inside are stopped.
 func newNetns(t *testing.T, ip, suffix string) string {
 	t.Helper()
+	return makeNetns(t, exec.Command(ip, "netns", "add"), ip, suffix)
+}
+
+// newNetnsOwnTable is newNetns for a namespace with a connection table of
+// its own, of buckets buckets: made from a namespace of its own whose
+// net.ipv4.tcp_child_ehash_entries (Linux 6.1) is set, so that the host's
+// stays as it is.
+func newNetnsOwnTable(t *testing.T, ip, suffix string, buckets int) string {
+	t.Helper()
+	script := fmt.Sprintf(`echo %d >/proc/sys/net/ipv4/tcp_child_ehash_entries && exec "$0" netns add "$1"`, buckets)
+	return makeNetns(t, exec.Command("unshare", "-n", "sh", "-c", script, ip), ip, suffix)
+}
+
+// makeNetns runs add with the new namespace's name as its last argument.
+func makeNetns(t *testing.T, add *exec.Cmd, ip, suffix string) string {
+	t.Helper()
 	name := fmt.Sprintf("tee-test-%d-%d-%s", os.Getpid(), netnsSeq.Add(1), suffix)
-	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
+	add.Args = append(add.Args, name)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(add.Args, " "), err, out)
 	}
 	t.Cleanup(func() {
 		killNetnsPids(t, ip, name)
