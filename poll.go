@@ -27,6 +27,8 @@ type exporter struct {
 	parser  tableParser
 	table   tableReader   // the table being read
 	diag    *diagSource   // nil when reading /proc
+	backoff time.Duration // since netlink last failed; 0 while it works
+	retryAt time.Time     // when a failed netlink is tried again
 	files   [3]tableFile  // tcp, tcp6, netlink
 	observe func(*socket) // tr.observe, bound once
 	lastErr error         // of the previous read
@@ -222,20 +224,33 @@ func (x *exporter) acquire() *body {
 
 func (b *body) release() { b.refs.Add(-1) }
 
+// maxBackoff bounds the wait before a failed netlink is tried again.
+const maxBackoff = time.Minute
+
 // read lists the sockets of one read to the tracker. A netlink read that
-// fails falls back to /proc for good, with one log line.
+// fails is done again from /proc, and the reads use /proc until netlink is
+// tried again, after a wait that doubles from a second to maxBackoff while
+// it fails: never given up for good, since /proc costs several times more.
+// One log line when it fails, one when it works again.
 func (x *exporter) read() error {
-	if x.diag != nil {
+	if x.diag != nil && !time.Now().Before(x.retryAt) {
 		f := &x.files[2]
 		f.reads++
 		err := x.diag.dump(x.s.ports, x.observe)
 		if err == nil {
+			if x.backoff > 0 {
+				x.log.Printf("netlink sock_diag works again")
+				x.backoff = 0
+			}
 			return nil
 		}
 		f.readErrors++
-		x.log.Printf("netlink sock_diag failed, reading %s from now on: %v", x.files[0].path, err)
-		x.diag.Close()
-		x.diag = nil
+		if x.backoff == 0 {
+			x.log.Printf("netlink sock_diag failed, reading %s until it works again (tried after 1s, then up to every %v): %v",
+				x.files[0].path, maxBackoff, err)
+		}
+		x.backoff = min(max(2*x.backoff, time.Second), maxBackoff)
+		x.retryAt = time.Now().Add(x.backoff)
 		x.tr.begin() // what netlink listed before failing was part of a read
 	}
 	for i := range x.files[:2] {

@@ -327,3 +327,65 @@ func TestReadBuckets(t *testing.T) {
 		t.Errorf("readBuckets of this kernel's = %+v, the file says %q", got, data)
 	}
 }
+
+// TestNetlinkRetried: a failed netlink read is done again from /proc,
+// /proc serves the reads until netlink is tried again after a back-off
+// that doubles, and netlink serves them again once it works; one log line
+// when it fails, one when it works again. The failure is the kernel's own:
+// a dump left unread makes the next one read another request's replies.
+func TestNetlinkRetried(t *testing.T) {
+	srv := testnet.Listen(t, "tcp4", "127.0.0.1:0")
+	testnet.Dial(t, 3, "tcp4", srv.Listener.Addr().String())
+	s, err := loadSettings([]string{"-source", "netlink", "-port", strconv.Itoa(srv.Port)}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged strings.Builder
+	x := newExporter(s, 9690, log.New(&logged, "", 0))
+	if x.diag == nil {
+		t.Skipf("no netlink here: %s", logged.String())
+	}
+	t.Cleanup(func() { x.diag.Close() })
+	breakDump := func() {
+		if x.diag.fd < 0 { // the failed dump's socket was replaced
+			if err := x.diag.open(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := x.diag.send(x.diag.walk, syscall.AF_UNSPEC, listenStates, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	established := fmt.Sprintf(`port="%d",tcp_version="4"`, srv.Port)
+	step := func(what string, wantProc, wantNetlink uint64, wantBackoff time.Duration) {
+		t.Helper()
+		x.poll()
+		if err := x.lastError(); err != nil {
+			t.Fatalf("%s: the read failed: %v", what, err)
+		}
+		got := []any{x.files[0].reads, x.files[2].reads, x.backoff,
+			testnet.Samples(string(x.acquire().b), establishedName)[established]}
+		want := []any{wantProc, wantNetlink, wantBackoff, 3.0}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: tcp reads, netlink reads, back-off, established mismatch (-want +got):\n%s", what, diff)
+		}
+	}
+	step("netlink", 0, 1, 0)
+	breakDump()
+	step("netlink failed, /proc read instead", 1, 2, time.Second)
+	step("waiting to try netlink again", 2, 2, time.Second)
+	breakDump()
+	x.retryAt = time.Time{} // the wait is over
+	step("netlink failed again", 3, 3, 2*time.Second)
+	x.retryAt = time.Time{}
+	step("netlink works again", 3, 4, 0)
+	log := logged.String()
+	for _, line := range []string{"netlink sock_diag failed", "netlink sock_diag works again"} {
+		if n := strings.Count(log, line); n != 1 {
+			t.Errorf("the log has %q %d times, want once:\n%s", line, n, log)
+		}
+	}
+	if x.files[2].readErrors != 2 {
+		t.Errorf("netlink read errors %d, want 2", x.files[2].readErrors)
+	}
+}
