@@ -34,19 +34,19 @@ import (
 	"tcp_established_exporter/internal/testnet"
 )
 
-// Secure scraping (SPEC section 10, README "Securing the endpoint"): real
-// handshakes against the binary by curl, Go's client and a Prometheus
-// server of each release. The certificates come from README's own openssl
-// commands, so that a reader who copies them gets what the tests got;
+// Secure scraping (SPEC section 10, docs/security.md): real handshakes
+// against the binary by curl, Go's client and a Prometheus server of each
+// release. The certificates come from the openssl commands of
+// docs/security.md, so that a reader who copies them gets what the tests got;
 // crypto/x509 makes what openssl cannot easily: an expired certificate
 // (openssl 3.0's x509 -req cannot backdate), and a server certificate of a
 // chosen serial for the rotation.
 
 const reloadErrsName = "tcp_established_exporter_config_reload_errors_total"
 
-// testPKI is what README's "A test CA with openssl" makes in dir, under its
-// names (ca.crt, ca.key, server.crt, server.key, client.crt, client.key,
-// token), with the CA parsed to sign more.
+// testPKI is what "A test CA with openssl" in docs/security.md makes in
+// dir, under its names (ca.crt, ca.key, server.crt, server.key, client.crt,
+// client.key, token), with the CA parsed to sign more.
 type testPKI struct {
 	dir   string
 	token string
@@ -56,10 +56,11 @@ type testPKI struct {
 
 func (p *testPKI) path(name string) string { return filepath.Join(p.dir, name) }
 
-// readmeCAScript returns the sh block of README's "A test CA with openssl".
+// readmeCAScript returns the sh block under "A test CA with openssl" in
+// docs/security.md, the page the README links for securing the endpoint.
 func readmeCAScript(t testing.TB) string {
 	t.Helper()
-	data, err := os.ReadFile("../README.md")
+	data, err := os.ReadFile("../docs/security.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,12 +68,13 @@ func readmeCAScript(t testing.TB) string {
 	_, script, ok2 := strings.Cut(section, "\n```sh\n")
 	script, _, ok3 := strings.Cut(script, "\n```\n")
 	if !ok1 || !ok2 || !ok3 {
-		t.Fatal("README.md has no ```sh block under \"### A test CA with openssl\"")
+		t.Fatal("docs/security.md has no ```sh block under \"### A test CA with openssl\"")
 	}
 	return script
 }
 
-// newTestPKI runs README's openssl commands in dir, made if missing.
+// newTestPKI runs the openssl commands of docs/security.md in dir, made if
+// missing.
 func newTestPKI(t testing.TB, dir string) *testPKI {
 	t.Helper()
 	if _, err := exec.LookPath("openssl"); err != nil {
@@ -84,7 +86,7 @@ func newTestPKI(t testing.TB, dir string) *testPKI {
 	cmd := exec.Command("sh", "-eu", "-c", readmeCAScript(t))
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("README's openssl commands: %v\n%s", err, out)
+		t.Fatalf("openssl commands of docs/security.md: %v\n%s", err, out)
 	}
 	p := &testPKI{dir: dir}
 	token, err := os.ReadFile(p.path("token"))
@@ -159,7 +161,7 @@ func writeFile(t testing.TB, path string, data []byte) {
 	}
 }
 
-// serverTemplate is a server certificate like README's, of serial n.
+// serverTemplate is a server certificate like docs/security.md's, of serial n.
 func serverTemplate(n int64) *x509.Certificate {
 	return &x509.Certificate{
 		SerialNumber: big.NewInt(n),
@@ -356,8 +358,8 @@ func handshakeError(t *testing.T, x *exporterProc, client string) string {
 }
 
 const (
-	// The other CA is README's too, so of the same name as the exporter's:
-	// Go tries it, and its signature fails.
+	// The other CA is made by docs/security.md's commands too, so it has the
+	// same name as the exporter's: Go tries it, and its signature fails.
 	unknownCA = `tls: failed to verify certificate: x509: certificate signed by unknown authority` +
 		` (possibly because of "x509: ECDSA verification failure" while trying to verify candidate authority certificate "tcp_established_exporter test CA")`
 	expired = "tls: failed to verify certificate: x509: certificate has expired or is not yet valid"
