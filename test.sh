@@ -7,8 +7,8 @@
 # systemd-analyze), podman, runc and busybox-static (the image built and
 # run by a real container engine), systemd-container (the unit booted
 # under systemd-nspawn), git, curl, shellcheck (actionlint runs it on the
-# workflow's scripts) and openssl (the TLS tests run README's
-# commands that make a test CA); and Prometheus 3 with its promtool, built
+# workflow's scripts) and openssl (the TLS tests run the commands of
+# docs/security.md that make a test CA); and Prometheus 3 with its promtool, built
 # from the Go module proxy at a pinned version outside the project's go.mod
 # and cached between runs. Then it checks the formatting, vets, lints the
 # code and the CI workflow, checks the systemd unit, runs every test under

@@ -18,7 +18,8 @@ import (
 // TestPrometheusRules runs each release's promtool over the rules and the
 // example configuration, and Debian's over the rules' unit tests. The
 // configuration is checked in a copy beside the tls/ files its TLS job
-// names, made by README's openssl commands: promtool fails on a missing one.
+// names, made by the openssl commands of docs/security.md: promtool fails on
+// a missing one.
 func TestPrometheusRules(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{"prometheus.yml", "rules.yml", "rules_test.yml"} {

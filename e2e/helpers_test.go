@@ -31,7 +31,7 @@ import (
 	"tcp_established_exporter/internal/testnet"
 )
 
-// The names the exporter serves, as README lists them.
+// The names the exporter serves, as docs/metrics.md lists them.
 const (
 	contentType     = "text/plain; version=0.0.4; charset=utf-8"
 	longtermName    = "netstat_tcp_longterm_connections_total"
