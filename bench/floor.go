@@ -2,22 +2,26 @@ package main
 
 import (
 	"fmt"
-	"os/exec"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// runFloor runs the floor (./floor) for reads reads, one a second as the
-// exporter reads, and returns its CPU time per read. source is netlink or
-// proc; port, unless empty, filters the established sockets of the netlink
-// dump as the port setting does.
-func runFloor(bin string, reads int, source, port string) (time.Duration, error) {
+// runFloor runs the floor (./floor) in at's namespace for reads reads, one
+// a second as the exporter reads, and returns its CPU time per read.
+// source is netlink or proc; walk, for netlink, is one (a request for both
+// families, as the exporter asks) or family (a request a family); port,
+// unless empty, filters the established sockets of the dump as the port
+// setting does.
+func runFloor(at place, bin string, reads int, source, walk, port string) (time.Duration, error) {
 	args := []string{"-reads", strconv.Itoa(reads), "-source", source}
+	if walk != "" {
+		args = append(args, "-walk", walk)
+	}
 	if port != "" {
 		args = append(args, "-port", port)
 	}
-	out, err := exec.Command(bin, args...).Output()
+	out, err := at.command(bin, args...).Output()
 	if err != nil {
 		return 0, fmt.Errorf("floor %s: %v", strings.Join(args, " "), err)
 	}

@@ -1,15 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
-	"io"
 	"log"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,19 +19,19 @@ type runConfig struct {
 	dir                   string
 }
 
-// result is one row of the table.
+// result is one row of a table.
 type result struct {
 	n          int
 	variant    string        // the exporter's source, and port when set
+	buckets    int           // tcp_ehash_entries of an empty namespace's row
 	floor      time.Duration // bare read of tcp and tcp6
-	dumpFloor  time.Duration // bare sock_diag dump, netlink variants only
+	dumpFloor  time.Duration // bare sock_diag dump a family, netlink variants only
+	oneFloor   time.Duration // bare one-walk sock_diag dump, netlink variants only
 	cpuPerRead time.Duration // exporter CPU over reads, per read
 	rss        int64         // bytes, after the reads
 	p50, p99   time.Duration // /metrics latency
 	series     int           // samples of the long-term gauge
 }
-
-const exporterAddr = "127.0.0.1:19690"
 
 // variants are the exporter configurations measured at each N; the port
 // variant is run where the load tool gives a port.
@@ -43,14 +39,23 @@ var variants = []struct {
 	name     string
 	args     []string
 	withPort bool
-	netlink  bool // measured against the netlink floor too
+	netlink  bool // measured against the netlink floors too
 }{
 	{"proc", []string{"-source", "proc"}, false, false},
 	{"netlink", []string{"-source", "netlink"}, false, true},
 	{"netlink, port", []string{"-source", "netlink"}, true, true},
 }
 
-// rounds is how many times a measurement alternates between the floor and
+// job is one exporter configuration to measure, and where.
+type job struct {
+	label   string // for the log
+	args    []string
+	netlink bool   // compared with the dumps, else with /proc
+	port    string // the dump floors' port filter, or ""
+	at      place
+}
+
+// rounds is how many times a measurement alternates between the floors and
 // the exporter: the kernel's cost drifts by 5-30% within a minute on a
 // shared machine, and each floor is measured between two windows of the
 // exporter, so that the drift lands on both.
@@ -70,16 +75,15 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	}
 	var rows []result
 	for _, v := range variants {
-		args := append(append([]string{}, v.args...), cfg.args...)
-		dumpPort := ""
+		j := job{label: fmt.Sprintf("N=%d %s", n, v.name), netlink: v.netlink, at: home}
+		j.args = append(append([]string{}, v.args...), cfg.args...)
 		if v.withPort {
 			if port == "" {
 				continue
 			}
-			args = append(args, "-port", port)
-			dumpPort = port
+			j.args, j.port = append(j.args, "-port", port), port
 		}
-		r, err := measureVariant(bins, cfg, fmt.Sprintf("N=%d %s", n, v.name), args, v.netlink, dumpPort)
+		r, err := measureVariant(bins, cfg, j)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %v", v.name, err)
 		}
@@ -89,14 +93,11 @@ func measure(bins binaries, cfg runConfig, n int) ([]result, error) {
 	return rows, nil
 }
 
-// measureVariant runs the exporter with args and measures it in rounds
-// windows, stopped (SIGSTOP) while its floor reads between them: the
-// sock_diag dump for a netlink variant, else /proc. A netlink variant's
-// /proc floor, a column of the table and no target, is measured before
-// the first window and after the last.
-func measureVariant(bins binaries, cfg runConfig, label string, args []string, netlink bool, dumpPort string) (result, error) {
+// measureVariant runs the exporter of j and measures it in rounds windows,
+// stopped (SIGSTOP) while its floors read between them.
+func measureVariant(bins binaries, cfg runConfig, j job) (result, error) {
 	var r result
-	cmd, err := startExporter(bins.exporter, args)
+	cmd, err := startExporter(j.at, bins.exporter, j.args)
 	if err != nil {
 		return r, err
 	}
@@ -104,54 +105,84 @@ func measureVariant(bins binaries, cfg runConfig, label string, args []string, n
 	pid := cmd.Process.Pid
 	time.Sleep(3 * time.Second) // a few reads to warm up, without scrapes
 	per := max(cfg.reads/rounds, 1)
-	floor := func() (time.Duration, error) {
-		if netlink {
-			return runFloor(bins.floor, per, "netlink", dumpPort)
-		}
-		return runFloor(bins.floor, per, "proc", "")
-	}
 	var (
-		floors  []time.Duration // the compared floor, around each window
+		f       floors
 		windows []time.Duration // the exporter's CPU per read in each
-		procs   []time.Duration // a netlink variant's /proc floor
 	)
 	for i := 0; ; i++ {
 		cmd.Process.Signal(syscall.SIGSTOP)
-		if netlink && (i == 0 || i == rounds) {
-			d, err := runFloor(bins.floor, per, "proc", "")
-			if err != nil {
-				return r, err
-			}
-			procs = append(procs, d)
-		}
-		d, err := floor()
+		err := f.take(bins.floor, j, per, i)
+		cmd.Process.Signal(syscall.SIGCONT)
 		if err != nil {
 			return r, err
 		}
-		floors = append(floors, d)
-		cmd.Process.Signal(syscall.SIGCONT)
 		// The tick missed while stopped fires at once: that read, on
 		// caches the floor took, is not measured.
 		time.Sleep(2 * time.Second)
 		if i == rounds {
 			break
 		}
-		w, err := window(pid, per)
+		w, err := window(j.at, pid, per)
 		if err != nil {
-			return r, fmt.Errorf("%s: %v", strings.Join(args, " "), err)
+			return r, fmt.Errorf("%s: %v", strings.Join(j.args, " "), err)
 		}
 		windows = append(windows, w)
 	}
-	r.cpuPerRead, r.floor = mean(windows), mean(floors)
-	procLog := ""
-	if netlink {
-		r.dumpFloor, r.floor = r.floor, mean(procs)
-		procLog = "; /proc floor " + mss(procs)
-	}
-	log.Printf("%s: floor %s, exporter %s%s", label, mss(floors), mss(windows), procLog)
-	r.p50, r.p99, r.series, err = scrapeLatency(cfg.scrapes)
+	r.cpuPerRead = mean(windows)
+	r.floor, r.dumpFloor, r.oneFloor = mean(f.proc), mean(f.family), mean(f.one)
+	log.Printf("%s: exporter %s; %s", j.label, mss(windows), f)
+	r.p50, r.p99, r.series, err = scrapeLatency(j.at, cfg.scrapes)
 	r.rss = rss(pid) // after the scrapes, which bring the gzip writer in
 	return r, err
+}
+
+// floors are a variant's floor reads, taken while its exporter is stopped.
+type floors struct {
+	proc, one, family []time.Duration
+}
+
+// take runs the floors of stop i of rounds+1. A netlink variant is held
+// against both dumps, the one-walk and the per-family, at every stop, and
+// against /proc, a column and no target, at the first and the last; in
+// turn first, so that neither always follows the exporter. Another
+// variant is held against /proc.
+func (f *floors) take(bin string, j job, per, i int) error {
+	run := func(dst *[]time.Duration, source, walk, port string) error {
+		d, err := runFloor(j.at, bin, per, source, walk, port)
+		*dst = append(*dst, d)
+		return err
+	}
+	if !j.netlink {
+		return run(&f.proc, "proc", "", "")
+	}
+	if i == 0 || i == rounds {
+		if err := run(&f.proc, "proc", "", ""); err != nil {
+			return err
+		}
+	}
+	one := func() error { return run(&f.one, "netlink", "one", j.port) }
+	family := func() error { return run(&f.family, "netlink", "family", j.port) }
+	if i%2 == 1 {
+		one, family = family, one
+	}
+	if err := one(); err != nil {
+		return err
+	}
+	return family()
+}
+
+// String is the floors for the log, in milliseconds.
+func (f floors) String() string {
+	var s []string
+	for _, x := range []struct {
+		name string
+		ds   []time.Duration
+	}{{"one-walk floor", f.one}, {"per-family floor", f.family}, {"/proc floor", f.proc}} {
+		if len(x.ds) > 0 {
+			s = append(s, x.name+" "+mss(x.ds))
+		}
+	}
+	return strings.Join(s, "; ")
 }
 
 // window measures the CPU time per read of the exporter pid over reads
@@ -159,12 +190,12 @@ func measureVariant(bins binaries, cfg runConfig, label string, args []string, n
 // the window's start leaves out the read cut at its end brings in,
 // whatever the phase. The exporter's own count of reads, taken by a
 // scrape outside the window, checks that it kept up.
-func window(pid, reads int) (time.Duration, error) {
-	reads0 := readCount()
+func window(at place, pid, reads int) (time.Duration, error) {
+	reads0 := readCount(at)
 	cpu0 := cpuTime(pid)
 	time.Sleep(time.Duration(reads) * time.Second)
 	cpu1 := cpuTime(pid)
-	done := readCount() - reads0
+	done := readCount(at) - reads0
 	switch {
 	case done < 1:
 		return 0, fmt.Errorf("no read in %d s", reads)
@@ -221,29 +252,6 @@ func startLoad(bin string, cfg runConfig, n int) (stop func(), port string, err 
 	return stop, port, nil
 }
 
-func startExporter(bin string, args []string) (*exec.Cmd, error) {
-	cmd := exec.Command(bin, append([]string{"-listen", exporterAddr}, args...)...)
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	err := waitFor(30*time.Second, "the exporter", func() bool {
-		resp, err := http.Get("http://" + exporterAddr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
-		return nil, fmt.Errorf("%v\n%s", err, logs.String())
-	}
-	return cmd, nil
-}
-
 // cpuTime is the CPU time of every thread of pid, in nanoseconds, from
 // schedstat: far finer than the clock ticks of /proc/PID/stat.
 func cpuTime(pid int) int64 {
@@ -272,117 +280,4 @@ func rss(pid int) int64 {
 		}
 	}
 	return 0
-}
-
-// readCount is the exporter's count of reads, from its own counter.
-func readCount() float64 {
-	body, err := get(false)
-	if err != nil {
-		return -1
-	}
-	var most float64
-	for line := range strings.SplitSeq(string(body), "\n") {
-		if rest, ok := strings.CutPrefix(line, "tcp_established_exporter_reads_total{"); ok {
-			_, v, _ := strings.Cut(rest, "} ")
-			if f, err := strconv.ParseFloat(v, 64); err == nil {
-				most = max(most, f)
-			}
-		}
-	}
-	return most
-}
-
-func get(gzip bool) ([]byte, error) {
-	req, _ := http.NewRequest("GET", "http://"+exporterAddr+"/metrics", nil)
-	if gzip {
-		req.Header.Set("Accept-Encoding", "gzip") // as Prometheus asks
-	}
-	resp, err := http.DefaultTransport.RoundTrip(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	return io.ReadAll(resp.Body)
-}
-
-// Scrapes are measured in bursts, as Prometheus scrapes (gzip, a
-// kept-alive connection), each burst in a row, not spread out: spread 7 ms
-// apart, each scrape found the exporter's threads asleep and waited for
-// the kernel to wake them, and on a virtual machine that measured the host
-// (p99 6 ms at N=0, where a read takes 1 ms) more than the exporter. A
-// burst takes 50-100 ms and meets a read or not, so bursts start 1.3 s
-// apart, at five phases of the exporter's 1 s interval.
-const (
-	scrapeBurst = 200
-	burstGap    = 1300 * time.Millisecond
-)
-
-// scrapeLatency scrapes n times and returns the median and 99th percentile.
-func scrapeLatency(n int) (p50, p99 time.Duration, series int, err error) {
-	d := make([]time.Duration, 0, n)
-	for i := range n {
-		if i > 0 && i%scrapeBurst == 0 {
-			time.Sleep(burstGap)
-		}
-		start := time.Now()
-		if _, err := get(true); err != nil {
-			return 0, 0, 0, err
-		}
-		d = append(d, time.Since(start))
-	}
-	slices.Sort(d)
-	body, err := get(false)
-	series = strings.Count(string(body), "\nnetstat_tcp_longterm_connections_total")
-	return d[n/2], d[(n*99+99)/100-1], series, err
-}
-
-func printTable(w io.Writer, rows []result, bins binaries) {
-	fmt.Fprintln(w, "| connections | source | floor: read tcp+tcp6 | floor: bare dump | exporter CPU per read | ratio to /proc floor | ratio to dump | RSS | /metrics p50 | /metrics p99 | series |")
-	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-	for _, r := range rows {
-		dump, dumpRatio := "–", "–"
-		if r.dumpFloor > 0 {
-			dump, dumpRatio = ms(r.dumpFloor), fmt.Sprintf("%.2fx", float64(r.cpuPerRead)/float64(r.dumpFloor))
-		}
-		fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %.2fx | %s | %.1f MiB | %s | %s | %d |\n",
-			r.n, r.variant, ms(r.floor), dump, ms(r.cpuPerRead), float64(r.cpuPerRead)/float64(r.floor), dumpRatio,
-			float64(r.rss)/(1<<20), ms(r.p50), ms(r.p99), r.series)
-	}
-	fmt.Fprintf(w, "\nstripped static binary: exporter %s, bare net/http server %s\n", size(bins.exporter), size(bins.bare))
-	printGrowth(w, rows)
-}
-
-// printGrowth prints how the netlink exporter's cost and memory grow with
-// the sockets (two a connection), beside the dump's, from the rows at N = 0.
-func printGrowth(w io.Writer, rows []result) {
-	var zero *result
-	for i := range rows {
-		if rows[i].n == 0 && rows[i].variant == "netlink" {
-			zero = &rows[i]
-		}
-	}
-	if zero == nil {
-		return
-	}
-	fmt.Fprintln(w, "\n| connections | source | CPU per read | per socket beyond N=0 | bare dump per socket beyond N=0 | RSS | RSS per socket beyond N=0 |")
-	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|")
-	for _, r := range rows {
-		if r.n == 0 || r.variant != "netlink" {
-			continue
-		}
-		socks := float64(2 * r.n)
-		fmt.Fprintf(w, "| %d | %s | %s | %.0f ns | %.0f ns | %.1f MiB | %.0f B |\n",
-			r.n, r.variant, ms(r.cpuPerRead), float64(r.cpuPerRead-zero.cpuPerRead)/socks,
-			float64(r.dumpFloor-zero.dumpFloor)/socks, float64(r.rss)/(1<<20), float64(r.rss-zero.rss)/socks)
-	}
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
-
-func size(path string) string {
-	st, err := os.Stat(path)
-	if err != nil {
-		return "?"
-	}
-	return fmt.Sprintf("%.2f MiB", float64(st.Size())/(1<<20))
 }

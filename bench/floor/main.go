@@ -7,18 +7,24 @@
 // the exporter's. It makes raw system calls and parses nothing.
 //
 // With -source netlink (the default) a read is the kernel's own sock_diag
-// dump of TCP sockets, both families, ESTABLISHED and LISTEN, as the
-// exporter asks for it, the messages walked by their headers. With -port,
-// as the exporter with a port setting, each family is two requests: the
-// listeners, then the established sockets whose source or destination port
-// is the port, filtered in the kernel. With -source proc a read is
-// /proc/net/tcp then /proc/net/tcp6, opened and read to their end into a
-// large buffer; the end is where the exporter finds it, at the first read
-// that leaves more than a line's room in a page (the kernel's seq_file
-// stops a read only when the next line does not fit or the table ends),
-// not at a last call that returns 0 after walking the whole table again.
+// dump of TCP sockets, both families, ESTABLISHED and LISTEN, the messages
+// walked by their headers. How it asks is -walk: "one" (the default, as the
+// exporter asks) is one TCPDIAG_GETSOCK request with the old struct
+// inet_diag_req, which the kernel serves with family AF_UNSPEC, both
+// families in one walk of the socket hash they share; "family" is one
+// SOCK_DIAG_BY_FAMILY request a family, each walking the whole hash and
+// skipping the other family's sockets. With -port, as the exporter with a
+// port setting, each walk is two requests: the listeners, then the
+// established sockets whose source or destination port is the port,
+// filtered in the kernel. With -source proc a read is /proc/net/tcp then
+// /proc/net/tcp6, opened and read to their end into a large buffer; the
+// end is where the exporter finds it, at the first read that leaves more
+// than a line's room in a page (the kernel's seq_file stops a read only
+// when the next line does not fit or the table ends), not at a last call
+// that returns 0 after walking the whole table again.
 //
-//	floor -reads 20                   # cpu_per_read_ns=... reads=20
+//	floor -reads 20                   # cpu_per_read_ns=... reads=20 sockets=...
+//	floor -reads 20 -walk family      # the same sockets, in two walks
 //	floor -reads 20 -port 8080        # listeners, and only port 8080's
 //	floor -reads 20 -source proc
 package main
@@ -34,6 +40,7 @@ import (
 )
 
 const (
+	tcpDiagGetSock   = 18 // TCPDIAG_GETSOCK, the old request: both families
 	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
 	listenStates     = 1 << 10
 	establishedState = 1 << 1
@@ -48,15 +55,16 @@ func main() {
 	interval := flag.Duration("interval", time.Second, "time between reads")
 	source := flag.String("source", "netlink", "netlink or proc")
 	port := flag.Int("port", 0, "netlink: dump only this port's established sockets (0: all)")
+	walk := flag.String("walk", "one", "netlink: one (one request for both families) or family (one a family)")
 	flag.Parse()
 	if *reads < 1 || *reads > 10000 || *port < 0 || *port > 65535 || *source != "netlink" && *source != "proc" ||
-		*source == "proc" && *port != 0 {
+		*source == "proc" && *port != 0 || *walk != "one" && *walk != "family" {
 		fmt.Fprintln(os.Stderr, "floor: bad flags")
 		os.Exit(2)
 	}
 	read := readProc
 	if *source == "netlink" {
-		read = dumper(uint16(*port))
+		read = dumper(uint16(*port), *walk == "one")
 	}
 	buf := make([]byte, 1<<20)
 	read(buf) // not measured: the first touches pages and code
@@ -112,21 +120,26 @@ func readProc(buf []byte) int {
 	return total
 }
 
-// dumper returns a read of the sock_diag dump: both families, all ports or
-// one, and the sockets it listed.
-func dumper(port uint16) func(buf []byte) int {
+// dumper returns a read of the sock_diag dump: both families, in one walk
+// or one a family, all ports or one, and the sockets it listed.
+func dumper(port uint16, oneWalk bool) func(buf []byte) int {
 	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
 	if err != nil {
 		fail(err)
 	}
+	families := []uint8{syscall.AF_INET, syscall.AF_INET6}
+	if oneWalk {
+		families = []uint8{syscall.AF_UNSPEC}
+	}
 	var reqs [][]byte
-	for seq, family := range []uint8{syscall.AF_INET, syscall.AF_INET6} {
+	for _, family := range families {
+		seq := uint32(len(reqs) + 1)
 		if port == 0 {
-			reqs = append(reqs, request(uint32(2*seq+1), family, listenStates|establishedState, 0))
+			reqs = append(reqs, request(seq, oneWalk, family, listenStates|establishedState, 0))
 			continue
 		}
-		reqs = append(reqs, request(uint32(2*seq+1), family, listenStates, 0),
-			request(uint32(2*seq+2), family, establishedState, port))
+		reqs = append(reqs, request(seq, oneWalk, family, listenStates, 0),
+			request(seq+1, oneWalk, family, establishedState, port))
 	}
 	return func(buf []byte) int {
 		msgs := 0
@@ -139,33 +152,54 @@ func dumper(port uint16) func(buf []byte) int {
 	}
 }
 
-// request is a dump request for TCP sockets of family in states; a port
-// other than 0 adds a filter: the source or destination port is port.
-func request(seq uint32, family uint8, states uint32, port uint16) []byte {
+// request is a dump request for TCP sockets of family in states: a
+// SOCK_DIAG_BY_FAMILY one with a struct inet_diag_req_v2, or, oneWalk, a
+// TCPDIAG_GETSOCK one with the old struct inet_diag_req, whose family the
+// kernel ignores (it walks both). A port other than 0 adds a filter: the
+// source or destination port is port.
+func request(seq uint32, oneWalk bool, family uint8, states uint32, port uint16) []byte {
 	ne := binary.NativeEndian
-	n := 16 + 56
+	typ, n := uint16(sockDiagByFamily), 16+56
+	if oneWalk {
+		typ, n = tcpDiagGetSock, 16+60
+	}
 	if port != 0 {
 		n += 4 + 20
 	}
 	b := ne.AppendUint32(nil, uint32(n))
-	b = ne.AppendUint16(b, sockDiagByFamily)
+	b = ne.AppendUint16(b, typ)
 	b = ne.AppendUint16(b, syscall.NLM_F_REQUEST|syscall.NLM_F_DUMP)
 	b = ne.AppendUint32(b, seq)
 	b = ne.AppendUint32(b, 0)
-	b = append(b, family, syscall.IPPROTO_TCP, 0, 0)
-	b = ne.AppendUint32(b, states)
-	b = append(b, make([]byte, 48)...) // inet_diag_sockid: any
+	anyID := make([]byte, 48) // inet_diag_sockid: any
+	if oneWalk {
+		b = append(b, family, 0, 0, 0) // family, src_len, dst_len, idiag_ext
+		b = append(b, anyID...)
+		b = ne.AppendUint32(b, states)
+		b = ne.AppendUint32(b, 0) // idiag_dbs
+	} else {
+		b = append(b, family, syscall.IPPROTO_TCP, 0, 0) // family, protocol, idiag_ext, pad
+		b = ne.AppendUint32(b, states)
+		b = append(b, anyID...)
+	}
 	if port != 0 {
-		op := func(b []byte, code, yes uint8, no uint16) []byte { return ne.AppendUint16(append(b, code, yes), no) }
-		b = ne.AppendUint16(b, 4+20)
-		b = ne.AppendUint16(b, diagReqBytecode)
-		b = op(b, bcSrcEq, 8, 12) // sport == port? accept at 20 : go on at 12
-		b = op(b, 0, 0, port)
-		b = op(b, bcJmp, 4, 12)
-		b = op(b, bcDstEq, 8, 12) // dport == port? accept : reject
-		b = op(b, 0, 0, port)
+		b = appendPortFilter(b, port)
 	}
 	return b
+}
+
+// appendPortFilter appends an INET_DIAG_REQ_BYTECODE attribute that
+// accepts a socket whose source or destination port is port.
+func appendPortFilter(b []byte, port uint16) []byte {
+	ne := binary.NativeEndian
+	op := func(b []byte, code, yes uint8, no uint16) []byte { return ne.AppendUint16(append(b, code, yes), no) }
+	b = ne.AppendUint16(b, 4+20)
+	b = ne.AppendUint16(b, diagReqBytecode)
+	b = op(b, bcSrcEq, 8, 12) // sport == port? accept at 20 : go on at 12
+	b = op(b, 0, 0, port)
+	b = op(b, bcJmp, 4, 12)
+	b = op(b, bcDstEq, 8, 12) // dport == port? accept : reject
+	return op(b, 0, 0, port)
 }
 
 // run sends req and receives the replies to the end of the dump, walking
