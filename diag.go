@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -68,6 +69,7 @@ var (
 type diagSource struct {
 	walk    uint16 // the one-walk request's type; 0 where the kernel refused it
 	refused error  // why the kernel refused it
+	netns   int    // the namespace file a socket is opened in; -1: the caller's
 	fd      int    // -1 while closed or after a failed reopen
 	buf     []byte // receive buffer, reused across reads
 	req     []byte // request being sent, reused
@@ -78,14 +80,25 @@ type diagSource struct {
 }
 
 // newDiagSource opens the netlink socket that dump uses.
-func newDiagSource() (*diagSource, error) { return openDiagSource(tcpDiagGetSock) }
+func newDiagSource() (*diagSource, error) { return openDiagSource(tcpDiagGetSock, -1) }
+
+// newDiagSourceIn is newDiagSource for the network namespace of the file
+// netns (a /proc/PID/ns/net), which the source then owns: its sockets are
+// opened inside, so that a dump enters no namespace.
+func newDiagSourceIn(netns int) (*diagSource, error) {
+	d, err := openDiagSource(tcpDiagGetSock, netns)
+	if err != nil {
+		syscall.Close(netns)
+	}
+	return d, err
+}
 
 // openDiagSource opens the socket and asks once with the one-walk request
 // of type walk, for the listeners alone (the small listening table, not
 // the connections'): an error reply means this kernel refuses it, and
 // dumps ask per family.
-func openDiagSource(walk uint16) (*diagSource, error) {
-	d := &diagSource{walk: walk, fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
+func openDiagSource(walk uint16, netns int) (*diagSource, error) {
+	d := &diagSource{walk: walk, netns: netns, fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
 	if err := d.open(); err != nil {
 		return nil, err
 	}
@@ -93,7 +106,7 @@ func openDiagSource(walk uint16) (*diagSource, error) {
 	if errors.Is(err, errDiagNetlink) {
 		d.walk, d.refused = 0, err
 	} else if err != nil {
-		d.Close()
+		d.closeSocket()
 		return nil, fmt.Errorf("sock_diag: %w", err)
 	}
 	return d, nil
@@ -101,7 +114,7 @@ func openDiagSource(walk uint16) (*diagSource, error) {
 
 // open creates the socket and configures it with setupDiagSocket.
 func (d *diagSource) open() error {
-	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, netlinkSockDiag)
+	fd, err := diagSocket(d.netns)
 	if err != nil {
 		return fmt.Errorf("sock_diag socket: %w", err)
 	}
@@ -112,6 +125,36 @@ func (d *diagSource) open() error {
 	}
 	d.fd, d.pid = fd, pid
 	return nil
+}
+
+// diagSocket opens a sock_diag socket in the network namespace of the file
+// netns, or the caller's where netns is -1. A socket stays in the namespace
+// it was made in; to make one in another, a thread enters it (setns) and
+// is never used again: its goroutine ends locked to it, which ends the
+// thread.
+func diagSocket(netns int) (int, error) {
+	socket := func() (int, error) {
+		return syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, netlinkSockDiag)
+	}
+	if netns < 0 {
+		return socket()
+	}
+	type result struct {
+		fd  int
+		err error
+	}
+	c := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see above
+		if _, _, e := syscall.RawSyscall(sysSetns, uintptr(netns), syscall.CLONE_NEWNET, 0); e != 0 {
+			c <- result{-1, fmt.Errorf("setns: %w", e)}
+			return
+		}
+		fd, err := socket()
+		c <- result{fd, err}
+	}()
+	r := <-c
+	return r.fd, r.err
 }
 
 // setupDiagSocket sets the timeouts, binds fd and returns its port id.
@@ -142,9 +185,17 @@ func setupDiagSocket(fd int) (pid uint32, err error) {
 	return nl.Pid, nil
 }
 
-// Close releases the socket; later dumps fail.
+// Close releases the socket, and the namespace file; later dumps fail.
 func (d *diagSource) Close() error {
 	d.closed = true
+	if d.netns >= 0 {
+		syscall.Close(d.netns)
+		d.netns = -1
+	}
+	return d.closeSocket()
+}
+
+func (d *diagSource) closeSocket() error {
 	if d.fd < 0 {
 		return nil
 	}

@@ -140,9 +140,9 @@ var diagSources = []struct {
 
 func openTestDiagSource(tb testing.TB, walk uint16) *diagSource {
 	tb.Helper()
-	d, err := openDiagSource(walk)
+	d, err := openDiagSource(walk, -1)
 	if err != nil {
-		tb.Fatalf("openDiagSource(%d): %v", walk, err)
+		tb.Fatalf("openDiagSource(%d, -1): %v", walk, err)
 	}
 	tb.Cleanup(func() { d.Close() })
 	return d

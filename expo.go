@@ -24,33 +24,53 @@ const (
 
 // connView is what the connection families are written from.
 type connView struct {
-	simple  bool       // one sample, no labels
+	labels  []byte     // of the namespace in node mode, without braces; nil otherwise
+	simple  bool       // one sample, no labels but the namespace's
 	withDir bool       // a direction label before port
 	series  []*series  // sorted
 	total   *histogram // all lifetimes, for simple mode
 	clients int        // distinct remote addresses over all series, for simple mode
 }
 
-// appendConnMetrics writes the long-term gauge, the clients gauge, the
-// established gauge and the lifetime histogram.
+// connFamilies are the connection families in the order they are written:
+// the long-term gauge, the clients gauge, the established gauge and the
+// lifetime histogram.
+var connFamilies = [...]struct{ name, help, typ string }{
+	{longtermName, longtermHelp, "gauge"},
+	{clientsName, clientsHelp, "gauge"},
+	{establishedName, establishedHelp, "gauge"},
+	{lifetimeName, lifetimeHelp, "histogram"},
+}
+
+// appendConnMetrics writes the connection families of one view.
 func appendConnMetrics(b []byte, v connView) []byte {
-	b = appendHeader(b, longtermName, longtermHelp, "gauge")
-	b = appendCounts(b, v, longtermName, func(s *series) int { return s.longterm })
-	b = appendHeader(b, clientsName, clientsHelp, "gauge")
-	if v.simple { // an address counted on two ports is one client
-		b = appendIntSample(b, clientsName, nil, v.clients)
-	} else {
-		b = appendCounts(b, v, clientsName, func(s *series) int { return s.clients })
+	for f, fam := range connFamilies {
+		b = appendHeader(b, fam.name, fam.help, fam.typ)
+		b = appendConnSamples(b, f, v)
 	}
-	b = appendHeader(b, establishedName, establishedHelp, "gauge")
-	b = appendCounts(b, v, establishedName, func(s *series) int { return s.established })
-	b = appendHeader(b, lifetimeName, lifetimeHelp, "histogram")
+	return b
+}
+
+// appendConnSamples writes the samples of connFamilies[f], without its
+// header: node mode writes each namespace's under one.
+func appendConnSamples(b []byte, f int, v connView) []byte {
+	switch f {
+	case 0:
+		return appendCounts(b, v, longtermName, func(s *series) int { return s.longterm })
+	case 1:
+		if v.simple { // an address counted on two ports is one client
+			return appendIntSample(b, clientsName, v.labels, v.clients)
+		}
+		return appendCounts(b, v, clientsName, func(s *series) int { return s.clients })
+	case 2:
+		return appendCounts(b, v, establishedName, func(s *series) int { return s.established })
+	}
 	if v.simple {
-		return appendHistogram(b, nil, v.total)
+		return appendHistogram(b, v.labels, v.total)
 	}
 	var labels []byte
 	for _, s := range v.series {
-		labels = appendSeriesLabels(labels[:0], s.key, v.withDir)
+		labels = appendViewLabels(labels[:0], v, s)
 		b = appendHistogram(b, labels, &s.lifetimes)
 	}
 	return b
@@ -62,17 +82,26 @@ func appendCounts(b []byte, v connView, name string, count func(*series) int) []
 		for _, s := range v.series {
 			n += count(s)
 		}
-		return appendIntSample(b, name, nil, n)
+		return appendIntSample(b, name, v.labels, n)
 	}
 	for _, s := range v.series {
 		b = append(b, name...)
 		b = append(b, '{')
-		b = appendSeriesLabels(b, s.key, v.withDir)
+		b = appendViewLabels(b, v, s)
 		b = append(b, "} "...)
 		b = strconv.AppendInt(b, int64(count(s)), 10)
 		b = append(b, '\n')
 	}
 	return b
+}
+
+// appendViewLabels writes the namespace's labels, if any, then the series'.
+func appendViewLabels(b []byte, v connView, s *series) []byte {
+	if len(v.labels) > 0 {
+		b = append(b, v.labels...)
+		b = append(b, ',')
+	}
+	return appendSeriesLabels(b, s.key, v.withDir)
 }
 
 // appendSeriesLabels writes `direction="in",port="3838",tcp_version="4"`,

@@ -157,6 +157,9 @@ func (x *exporter) loop(ctx context.Context) {
 		if x.diag != nil {
 			x.diag.Close()
 		}
+		if x.node != nil {
+			x.node.close()
+		}
 	}()
 	for {
 		select {

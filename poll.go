@@ -21,18 +21,15 @@ import (
 // exporter reads the connection tables into the tracker, one read at a
 // time from one goroutine, and publishes what a scrape writes as a snapshot.
 type exporter struct {
-	s       *settings
+	s *settings
+	nsReader
 	log     *log.Logger
-	tr      *tracker
+	node    *node // namespaces=all; nil for the exporter's own alone
 	parser  tableParser
-	table   tableReader   // the table being read
-	diag    *diagSource   // nil when reading /proc
-	backoff time.Duration // since netlink last failed; 0 while it works
-	retryAt time.Time     // when a failed netlink is tried again
-	files   [3]tableFile  // tcp, tcp6, netlink
-	observe func(*socket) // tr.observe, bound once
-	lastErr error         // of the previous read
-	buckets tableBuckets  // of the namespace's connection table
+	table   tableReader  // the table being read
+	files   [3]tableFile // tcp, tcp6, netlink: what the reads of all namespaces met
+	lastErr error        // of the previous read
+	buckets tableBuckets // of the namespace's connection table
 	badSeen map[string]bool
 	back    *body     // the body the last read replaced; reused when free
 	freedAt time.Time // when memory was last given back to the OS
@@ -58,13 +55,30 @@ type body struct {
 	crc    uint32
 }
 
+// nsReader reads the sockets of one network namespace into its tracker.
+type nsReader struct {
+	name    string // what log lines of the namespace start with; "" for the exporter's own
+	inode   uint64 // in node mode, of its tcp table: the namespace's identity
+	tr      *tracker
+	observe func(*socket) // tr.observe, bound once
+	paths   [2]string     // its tcp and tcp6 tables
+	diag    *diagSource   // nil when reading /proc
+	backoff time.Duration // since netlink last failed; 0 while it works
+	retryAt time.Time     // when a failed netlink is tried again
+}
+
+func newNSReader(tr *tracker, procfs string) nsReader {
+	return nsReader{tr: tr, observe: tr.observe,
+		paths: [2]string{filepath.Join(procfs, "net", "tcp"), filepath.Join(procfs, "net", "tcp6")}}
+}
+
 // tableFile is one source of sockets and what reading it has met.
 type tableFile struct {
 	name                         string // tcp, tcp6 or netlink
 	label                        []byte // file="name", made once
-	path                         string
-	optional                     bool // a kernel without IPv6 has no tcp6
-	missing                      bool // logged as missing
+	path                         string // of the exporter's own namespace
+	optional                     bool   // a kernel without IPv6 has no tcp6
+	missing                      bool   // logged as missing
 	reads, readErrors, malformed uint64
 }
 
@@ -77,6 +91,42 @@ const freeEvery = time.Minute
 const maxBadLogged = 256
 
 func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
+	cfg := newTrackConfig(s, ownPort)
+	x := &exporter{
+		s:        s,
+		nsReader: newNSReader(newTracker(cfg, monotonic()), s.procfs),
+		log:      logger,
+		badSeen:  make(map[string]bool),
+		files: [3]tableFile{
+			{name: "tcp", path: filepath.Join(s.procfs, "net", "tcp")},
+			{name: "tcp6", path: filepath.Join(s.procfs, "net", "tcp6"), optional: true},
+			{name: "netlink", path: "sock_diag"},
+		},
+	}
+	for i := range x.files {
+		x.files[i].label = appendLabel(nil, "file", x.files[i].name)
+	}
+	if s.nodeWide {
+		x.node = newNode(x, cfg)
+	} else {
+		x.openSource()
+	}
+	x.buckets = readBuckets(filepath.Join(s.procfs, "sys", "net", "ipv4", "tcp_ehash_entries"))
+	if x.buckets.known {
+		x.log.Print(x.buckets)
+	}
+	return x
+}
+
+// monotonic is a clock of the time since it was made, on the monotonic
+// clock, for trackers.
+func monotonic() func() time.Duration {
+	start := time.Now()
+	return func() time.Duration { return time.Since(start) }
+}
+
+// newTrackConfig is what the settings ask of every tracker.
+func newTrackConfig(s *settings, ownPort uint16) trackConfig {
 	cfg := trackConfig{
 		duration: s.duration,
 		in:       s.direction != "out",
@@ -91,28 +141,7 @@ func newExporter(s *settings, ownPort uint16, logger *log.Logger) *exporter {
 			cfg.ports.add(p)
 		}
 	}
-	start := time.Now()
-	x := &exporter{
-		s:       s,
-		log:     logger,
-		tr:      newTracker(cfg, func() time.Duration { return time.Since(start) }),
-		badSeen: make(map[string]bool),
-		files: [3]tableFile{
-			{name: "tcp", path: filepath.Join(s.procfs, "net", "tcp")},
-			{name: "tcp6", path: filepath.Join(s.procfs, "net", "tcp6"), optional: true},
-			{name: "netlink", path: "sock_diag"},
-		},
-	}
-	for i := range x.files {
-		x.files[i].label = appendLabel(nil, "file", x.files[i].name)
-	}
-	x.observe = x.tr.observe
-	x.openSource()
-	x.buckets = readBuckets(filepath.Join(s.procfs, "sys", "net", "ipv4", "tcp_ehash_entries"))
-	if x.buckets.known {
-		x.log.Print(x.buckets)
-	}
-	return x
+	return cfg
 }
 
 // tableBuckets is the size of the kernel's TCP connection table, which
@@ -169,33 +198,15 @@ func (x *exporter) openSource() {
 // counters. Buffers are reused, so that the steady state makes no garbage.
 func (x *exporter) poll() {
 	start := time.Now()
-	x.tr.begin()
-	err := x.read()
 	next := x.back
 	if next == nil || next.refs.Load() > 0 { // a slow scrape still writes it
 		next = new(body)
 	}
-	switch {
-	case err == nil:
-		x.tr.end()
-		if x.tr.burstEnded && time.Since(x.freedAt) >= freeEvery {
-			// The garbage of a burst (the first read's, say) is
-			// collected and returned now: the steady state makes
-			// almost none, and the heap would keep its peak size.
-			debug.FreeOSMemory()
-			x.freedAt = time.Now()
-		}
-		next.b = appendConnMetrics(next.b[:0], connView{
-			simple:  x.s.simple,
-			withDir: x.s.direction != "in",
-			series:  x.tr.sorted,
-			total:   &x.tr.total,
-			clients: x.tr.allClients,
-		})
-	case x.front != nil: // only this goroutine changes front
-		next.b = append(next.b[:0], x.front.b[:x.front.conns]...)
-	default:
-		next.b = next.b[:0]
+	var err error
+	if x.node != nil {
+		next.b, err = x.node.poll(next.b[:0])
+	} else {
+		next.b, err = x.pollOwn(next.b[:0])
 	}
 	next.conns = len(next.b)
 	x.noteError(err)
@@ -204,6 +215,44 @@ func (x *exporter) poll() {
 	x.mu.Lock()
 	x.front, x.back, x.err = next, x.front, err
 	x.mu.Unlock()
+}
+
+// pollOwn reads the exporter's own namespace and writes its connection
+// families; after a failed read, those of the last good one.
+func (x *exporter) pollOwn(b []byte) ([]byte, error) {
+	x.tr.begin()
+	err := x.read(&x.nsReader)
+	switch {
+	case err == nil:
+		x.endRead(x.tr)
+		return appendConnMetrics(b, x.view(x.tr, nil)), nil
+	case x.front != nil: // only this goroutine changes front
+		return append(b, x.front.b[:x.front.conns]...), err
+	}
+	return b, err
+}
+
+// endRead ends a good read of tr. The garbage of a burst (the first
+// read's, say) is collected and returned now: the steady state makes
+// almost none, and the heap would keep its peak size.
+func (x *exporter) endRead(tr *tracker) {
+	tr.end()
+	if tr.burstEnded && time.Since(x.freedAt) >= freeEvery {
+		debug.FreeOSMemory()
+		x.freedAt = time.Now()
+	}
+}
+
+// view is what the connection families of tr are written from.
+func (x *exporter) view(tr *tracker, labels []byte) connView {
+	return connView{
+		labels:  labels,
+		simple:  x.s.simple,
+		withDir: x.s.direction != "in",
+		series:  tr.sorted,
+		total:   &tr.total,
+		clients: tr.allClients,
+	}
 }
 
 // lastError is the last read's error, nil when it succeeded.
@@ -232,53 +281,60 @@ const maxBackoff = time.Minute
 // tried again, after a wait that doubles from a second to maxBackoff while
 // it fails: never given up for good, since /proc costs several times more.
 // One log line when it fails, one when it works again.
-func (x *exporter) read() error {
-	if x.diag != nil && !time.Now().Before(x.retryAt) {
+func (x *exporter) read(r *nsReader) error {
+	if r.diag != nil && !time.Now().Before(r.retryAt) {
 		f := &x.files[2]
 		f.reads++
-		err := x.diag.dump(x.s.ports, x.observe)
+		err := r.diag.dump(x.s.ports, r.observe)
 		if err == nil {
-			if x.backoff > 0 {
-				x.log.Printf("netlink sock_diag works again")
-				x.backoff = 0
+			if r.backoff > 0 {
+				x.log.Printf("%snetlink sock_diag works again", r.name)
+				r.backoff = 0
 			}
 			return nil
 		}
 		f.readErrors++
-		if x.backoff == 0 {
-			x.log.Printf("netlink sock_diag failed, reading %s until it works again (tried after 1s, then up to every %v): %v",
-				x.files[0].path, maxBackoff, err)
+		if r.backoff == 0 {
+			x.log.Printf("%snetlink sock_diag failed, reading %s until it works again (tried after 1s, then up to every %v): %v",
+				r.name, r.paths[0], maxBackoff, err)
 		}
-		x.backoff = min(max(2*x.backoff, time.Second), maxBackoff)
-		x.retryAt = time.Now().Add(x.backoff)
-		x.tr.begin() // what netlink listed before failing was part of a read
+		r.backoff = min(max(2*r.backoff, time.Second), maxBackoff)
+		r.retryAt = time.Now().Add(r.backoff)
+		r.tr.begin() // what netlink listed before failing was part of a read
 	}
 	for i := range x.files[:2] {
-		if err := x.readTable(&x.files[i]); err != nil {
+		if err := x.readTable(&x.files[i], r, i); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (x *exporter) readTable(f *tableFile) error {
+// readTable reads the table r.paths[i] of the kind of f into r.
+func (x *exporter) readTable(f *tableFile, r *nsReader, i int) error {
 	f.reads++
+	path := r.paths[i]
 	var err error
-	x.table, err = openTable(f.path)
+	x.table, err = openTable(path)
 	if errors.Is(err, syscall.ENOENT) && f.optional {
 		if !f.missing {
-			x.log.Printf("%s does not exist: IPv6 connections are not counted", f.path)
+			x.log.Printf("%s does not exist: IPv6 connections are not counted", path)
 			f.missing = true
 		}
 		return nil
 	}
+	if err == nil && i == 0 && r.inode != 0 {
+		if err = r.checkInode(x.table.fd); err != nil {
+			syscall.Close(x.table.fd)
+		}
+	}
 	if err != nil {
 		f.readErrors++
-		return fmt.Errorf("open %s: %w", f.path, err)
+		return fmt.Errorf("open %s: %w", path, err)
 	}
 	defer syscall.Close(x.table.fd)
 	f.missing = false
-	err = x.parser.parse(&x.table, f.path, x.observe, func(err error) {
+	err = x.parser.parse(&x.table, path, r.observe, func(err error) {
 		f.malformed++
 		x.logBadLine(err)
 	})
@@ -325,6 +381,8 @@ const (
 	lastReadName  = "tcp_established_exporter_last_read_duration_seconds"
 	trackedName   = "tcp_established_exporter_tracked_connections"
 	bucketsName   = "tcp_established_exporter_connection_table_buckets"
+	nsName        = "tcp_established_exporter_namespaces"
+	nsErrsName    = "tcp_established_exporter_namespace_read_errors_total"
 )
 
 // appendHealth writes the exporter's own families.
@@ -350,6 +408,9 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendFloatSample(b, lastReadName, nil, took.Seconds())
 	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
 	b = appendIntSample(b, trackedName, nil, x.tr.tracked())
+	if x.node != nil {
+		b = x.node.appendHealth(b)
+	}
 	if x.buckets.known {
 		b = appendHeader(b, bucketsName, "Buckets of the kernel's TCP connection table that each read walks (net.ipv4.tcp_ehash_entries), negative when shared with the host", "gauge")
 		b = appendIntSample(b, bucketsName, nil, x.buckets.n)

@@ -25,6 +25,7 @@ type settings struct {
 	direction string // in, out or all
 	procfs    string
 	source    string // auto, netlink or proc
+	nodeWide  bool   // namespaces=all: every network namespace under procfs
 	conf      string
 
 	// The files of secure scraping (SPEC section 10), with where each
@@ -34,9 +35,13 @@ type settings struct {
 
 // String is the one-line form the start-up log and the index page show.
 func (s *settings) String() string {
-	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s conf=%s"+
+	namespaces := "own"
+	if s.nodeWide {
+		namespaces = "all"
+	}
+	return fmt.Sprintf("simple=%t tcpv6=%t port=%s listen=%s duration=%s interval=%s direction=%s procfs=%s source=%s namespaces=%s conf=%s"+
 		" tls-cert=%s tls-key=%s tls-client-ca=%s auth-token-file=%s",
-		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, s.conf,
+		s.simple, s.tcpv6, portsString(s.ports), s.listen, s.duration, s.interval, s.direction, s.procfs, s.source, namespaces, s.conf,
 		s.tlsCert.path, s.tlsKey.path, s.tlsClientCA.path, s.authTokenFile.path)
 }
 
@@ -66,6 +71,8 @@ var allSettings = []setting{
 		func(s *settings, v string) (err error) { s.procfs, err = parsePath(v); return }},
 	{"source", "SOURCE", "auto", "where connections are read: netlink (sock_diag), proc (procfs/net/tcp{,6}), or auto: netlink when procfs is /proc", false,
 		func(s *settings, v string) (err error) { s.source, err = parseSource(v); return }},
+	{"namespaces", "NAMESPACES", "own", "which network namespaces are read: own, or all: every one a process under procfs is in (one exporter per node)", false,
+		func(s *settings, v string) (err error) { s.nodeWide, err = parseNamespaces(v); return }},
 	{"tls-cert", "TLS_CERT", "", "PEM certificate chain file; with tls-key, serve HTTPS only", false,
 		func(s *settings, v string) error { s.tlsCert.path = v; return nil }},
 	{"tls-key", "TLS_KEY", "", "PEM private key file of tls-cert", false,
@@ -304,6 +311,7 @@ var (
 	errDuration       = errors.New("not a positive number of seconds or Go duration")
 	errDirection      = errors.New("not one of in, out, all")
 	errSource         = errors.New("not one of auto, netlink, proc")
+	errNamespaces     = errors.New("not one of own, all")
 )
 
 func parseBool(v string) (bool, error) {
@@ -413,6 +421,16 @@ func parseDirection(v string) (string, error) {
 		return v, nil
 	}
 	return "", errDirection
+}
+
+func parseNamespaces(v string) (all bool, err error) {
+	switch strings.ToLower(v) {
+	case "own":
+		return false, nil
+	case "all":
+		return true, nil
+	}
+	return false, errNamespaces
 }
 
 func parseSource(v string) (string, error) {

@@ -135,6 +135,7 @@ func TestUsage(t *testing.T) {
 		{"simple", "SIMPLE", "false"}, {"tcpv6", "TCPV6", "true"}, {"port", "PORT", "-1"},
 		{"listen", "LISTEN", "9690"}, {"duration", "DURATION", "6"}, {"interval", "INTERVAL", "1s"},
 		{"direction", "DIRECTION", "in"}, {"procfs", "PROCFS", "/proc"}, {"source", "SOURCE", "auto"},
+		{"namespaces", "NAMESPACES", "own"},
 		{"conf", "CONF", "none"}, {"config", "CONFIG", "none"},
 	}
 	for _, args := range [][]string{{"-h"}, {"--help"}, {"-help"}, {"-port", "80", "-h"}} {

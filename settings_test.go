@@ -81,6 +81,8 @@ func TestSettingsPrecedence(t *testing.T) {
 			func(s *settings, i int) { s.procfs = []string{"/proc", "/host/proc", "/env/proc", "/flag/proc"}[i] }},
 		{"source", "SOURCE", [3]string{"proc", "netlink", "proc"},
 			func(s *settings, i int) { s.source = []string{"auto", "proc", "netlink", "proc"}[i] }},
+		{"namespaces", "NAMESPACES", [3]string{"all", "own", "all"},
+			func(s *settings, i int) { s.nodeWide = []bool{false, true, false, true}[i] }},
 	}
 	for _, tt := range tests {
 		conf := writeConfFile(t, tt.name+" "+tt.values[0]+"\n")

@@ -146,6 +146,14 @@ func TestSourceSetting(t *testing.T) {
 	checkValues(t, "source", func(s *settings) *string { return &s.source }, tests)
 }
 
+func TestNamespacesSetting(t *testing.T) {
+	tests := []valueTest[bool]{
+		{"own", false, nil}, {"all", true, nil}, {"ALL", true, nil},
+		{"some", false, errNamespaces}, {"host", false, errNamespaces},
+	}
+	checkValues(t, "namespaces", func(s *settings) *bool { return &s.nodeWide }, tests)
+}
+
 func TestProcfsSetting(t *testing.T) {
 	tests := []valueTest[string]{{"/host/proc", "/host/proc", nil}, {"proc", "proc", nil}}
 	checkValues(t, "procfs", func(s *settings) *string { return &s.procfs }, tests)

@@ -1,0 +1,297 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+)
+
+// One exporter per node (namespaces=all, SPEC section 11): every network
+// namespace that a process under procfs is in, each read as the exporter
+// reads its own, into a tracker of its own, its series labelled with the
+// namespace.
+
+// node finds the network namespaces under procfs and reads each one.
+type node struct {
+	x      *exporter
+	cfg    trackConfig // of every namespace's tracker, but the exporter's own port
+	own    uint64      // the exporter's own namespace
+	procs  map[int]proc
+	byNS   map[uint64]*namespace
+	sorted []*namespace // by inode, the order they are written in
+	gen    uint32       // of the last scan
+
+	readErrors    uint64 // of single namespaces
+	netlink, proc int    // namespaces read each way by the last read
+	loggedOnlyOwn bool
+	scanErr       error
+	names         []string // the process list
+}
+
+// proc is a process that a scan has found, and its namespace.
+type proc struct {
+	netns uint64
+	seen  uint32 // the scan that last listed it
+}
+
+// namespace is one network namespace and what reading it has met.
+type namespace struct {
+	nsReader
+	pid    int // the process whose tables are read
+	procs  int // known processes in it
+	labels []byte
+	fams   [len(connFamilies)][]byte // its samples of the last good read
+}
+
+func newNode(x *exporter, cfg trackConfig) *node {
+	n := &node{x: x, cfg: cfg, procs: make(map[int]proc), byNS: make(map[uint64]*namespace)}
+	for _, self := range []string{filepath.Join(x.s.procfs, "self"), "/proc/self"} {
+		if inode, err := tableInode(self); err == nil {
+			n.own = inode
+			break
+		}
+	}
+	return n
+}
+
+// tableInode is the inode of dir/net/tcp: the identity of the network
+// namespace of process dir, the same for every reader and mount of procfs.
+func tableInode(dir string) (uint64, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "net", "tcp"), &st); err != nil {
+		return 0, err
+	}
+	return st.Ino, nil
+}
+
+// checkInode fails when fd, an open tcp table, is not of r's namespace:
+// the process read has gone, and its number is another's.
+func (r *nsReader) checkInode(fd int) error {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Ino != r.inode {
+		return fmt.Errorf("%w: inode %d, not %d", errOtherNamespace, st.Ino, r.inode)
+	}
+	return nil
+}
+
+var errOtherNamespace = errors.New("the process has left the namespace")
+
+// poll scans the processes, reads every namespace and writes their
+// connection families. A namespace whose read fails keeps the samples of
+// its last good read; only a failed scan is the read's error.
+func (n *node) poll(b []byte) ([]byte, error) {
+	err := n.scan()
+	n.netlink, n.proc = 0, 0
+	for _, ns := range n.sorted {
+		if ns.diag != nil {
+			n.netlink++
+		} else {
+			n.proc++
+		}
+		ns.tr.begin()
+		if err := n.x.read(&ns.nsReader); err != nil {
+			n.readErrors++
+			continue
+		}
+		n.x.endRead(ns.tr)
+		v := n.x.view(ns.tr, ns.labels)
+		for f := range connFamilies {
+			ns.fams[f] = appendConnSamples(ns.fams[f][:0], f, v)
+		}
+	}
+	for f, fam := range connFamilies {
+		b = appendHeader(b, fam.name, fam.help, fam.typ)
+		for _, ns := range n.sorted {
+			b = append(b, ns.fams[f]...)
+		}
+	}
+	return b, err
+}
+
+// scan lists the processes under procfs, once, and looks only at those it
+// has not seen before: a namespace is found with its first process and
+// goes with its last.
+func (n *node) scan() error {
+	if err := n.listProcs(); err != nil {
+		if n.scanErr == nil || err.Error() != n.scanErr.Error() {
+			n.x.log.Printf("listing the processes of %s failed, reading the namespaces known: %v", n.x.s.procfs, err)
+		}
+		n.scanErr = err
+		return err
+	}
+	n.scanErr = nil
+	n.gen++
+	for _, name := range n.names {
+		pid, err := strconv.Atoi(name)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if p, ok := n.procs[pid]; ok {
+			p.seen = n.gen
+			n.procs[pid] = p
+			continue
+		}
+		inode, err := tableInode(filepath.Join(n.x.s.procfs, name))
+		if err != nil {
+			continue // gone already, or a process whose tables this reader may not see
+		}
+		n.procs[pid] = proc{netns: inode, seen: n.gen}
+		ns := n.byNS[inode]
+		if ns == nil {
+			ns = n.add(inode, pid)
+		}
+		ns.procs++
+	}
+	n.forget()
+	if !n.loggedOnlyOwn && len(n.sorted) == 1 && n.sorted[0].inode == n.own {
+		n.x.log.Printf("no network namespace but the exporter's own is visible under %s: is it the host's /proc, and the exporter in the host's PID namespace (hostPID)?", n.x.s.procfs)
+		n.loggedOnlyOwn = true
+	}
+	return nil
+}
+
+// listProcs reads the names under procfs into n.names.
+func (n *node) listProcs() error {
+	dir, err := os.Open(n.x.s.procfs)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	n.names, err = dir.Readdirnames(-1)
+	return err
+}
+
+// forget drops the processes the last scan did not list, the namespaces
+// left without one, and reads a namespace whose process went through
+// another of its processes.
+func (n *node) forget() {
+	orphans := false
+	for pid, p := range n.procs {
+		if p.seen == n.gen {
+			continue
+		}
+		delete(n.procs, pid)
+		ns := n.byNS[p.netns]
+		if ns.procs--; ns.procs == 0 {
+			n.remove(ns)
+		} else if ns.pid == pid {
+			ns.pid, orphans = 0, true
+		}
+	}
+	if !orphans {
+		return
+	}
+	for pid, p := range n.procs {
+		if ns := n.byNS[p.netns]; ns.pid == 0 {
+			ns.pid = pid
+			ns.paths = namespacePaths(n.x.s.procfs, pid)
+		}
+	}
+}
+
+func namespacePaths(procfs string, pid int) [2]string {
+	dir := filepath.Join(procfs, strconv.Itoa(pid), "net")
+	return [2]string{filepath.Join(dir, "tcp"), filepath.Join(dir, "tcp6")}
+}
+
+// add starts reading the namespace inode, through process pid.
+func (n *node) add(inode uint64, pid int) *namespace {
+	cfg := n.cfg
+	if inode != n.own {
+		cfg.ownPort = 0 // the exporter listens in its own namespace alone
+	}
+	tr := newTracker(cfg, monotonic())
+	ns := &namespace{nsReader: nsReader{inode: inode, tr: tr, observe: tr.observe}, pid: pid}
+	ns.paths = namespacePaths(n.x.s.procfs, pid)
+	var l cgroupLabels
+	if data, err := os.ReadFile(filepath.Join(n.x.s.procfs, strconv.Itoa(pid), "cgroup")); err == nil {
+		l = parseCgroup(data)
+	}
+	ns.labels = appendLabel(appendLabel(appendLabel(nil, "netns", strconv.FormatUint(inode, 10)),
+		"pod_uid", l.podUID), "container_id", l.containerID)
+	ns.name = fmt.Sprintf("network namespace %d (pod_uid %q, container_id %q, process %d): ", inode, l.podUID, l.containerID, pid)
+	n.openNetlink(ns)
+	n.byNS[inode] = ns
+	i, _ := slices.BinarySearchFunc(n.sorted, inode, func(ns *namespace, inode uint64) int { return cmpUint(ns.inode, inode) })
+	n.sorted = slices.Insert(n.sorted, i, ns)
+	return ns
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// remove stops reading ns, whose last process has gone: its series go
+// with it.
+func (n *node) remove(ns *namespace) {
+	if ns.diag != nil {
+		ns.diag.Close()
+	}
+	delete(n.byNS, ns.inode)
+	i, _ := slices.BinarySearchFunc(n.sorted, ns.inode, func(ns *namespace, inode uint64) int { return cmpUint(ns.inode, inode) })
+	n.sorted = slices.Delete(n.sorted, i, i+1)
+}
+
+// openNetlink opens a sock_diag socket inside ns unless the settings ask
+// for /proc, and logs which way ns is read. The exporter's own namespace
+// needs no entering; another needs CAP_SYS_ADMIN, and CAP_SYS_PTRACE to
+// open another user's ns/net.
+func (n *node) openNetlink(ns *namespace) {
+	if n.x.s.source == "proc" {
+		n.x.log.Printf("%sreading %s and tcp6", ns.name, ns.paths[0])
+		return
+	}
+	var d *diagSource
+	var err error
+	if ns.inode == n.own {
+		d, err = newDiagSource()
+	} else {
+		var fd int
+		fd, err = syscall.Open(filepath.Join(n.x.s.procfs, strconv.Itoa(ns.pid), "ns", "net"), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			d, err = newDiagSourceIn(fd)
+		}
+	}
+	if err != nil {
+		n.x.log.Printf("%sreading %s and tcp6: netlink sock_diag cannot be opened in it: %v", ns.name, ns.paths[0], err)
+		return
+	}
+	ns.diag = d
+	n.x.log.Printf("%sreading over netlink sock_diag", ns.name)
+}
+
+// close closes every namespace's socket.
+func (n *node) close() {
+	for _, ns := range n.sorted {
+		if ns.diag != nil {
+			ns.diag.Close()
+		}
+	}
+}
+
+var (
+	netlinkLabel = appendLabel(nil, "source", "netlink")
+	procLabel    = appendLabel(nil, "source", "proc")
+)
+
+// appendHealth writes node mode's own families.
+func (n *node) appendHealth(b []byte) []byte {
+	b = appendHeader(b, nsName, "Network namespaces read by the last read, by how they are read", "gauge")
+	b = appendIntSample(b, nsName, netlinkLabel, n.netlink)
+	b = appendIntSample(b, nsName, procLabel, n.proc)
+	b = appendHeader(b, nsErrsName, "Reads of single network namespaces that failed and kept their last good counts", "counter")
+	return appendIntSample(b, nsErrsName, nil, int(n.readErrors))
+}
