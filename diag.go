@@ -80,13 +80,17 @@ type diagSource struct {
 }
 
 // newDiagSource opens the netlink socket that dump uses.
-func newDiagSource() (*diagSource, error) { return openDiagSource(tcpDiagGetSock, -1) }
+func newDiagSource() (*diagSource, error) {
+	return openDiagSource(tcpDiagGetSock, -1, make([]byte, diagBufSize))
+}
 
 // newDiagSourceIn is newDiagSource for the network namespace of the file
 // netns (a /proc/PID/ns/net), which the source then owns: its sockets are
-// opened inside, so that a dump enters no namespace.
-func newDiagSourceIn(netns int) (*diagSource, error) {
-	d, err := openDiagSource(tcpDiagGetSock, netns)
+// opened inside, so that a dump enters no namespace. buf, of diagBufSize
+// bytes, is its receive buffer, which sources that never dump at the same
+// time may share.
+func newDiagSourceIn(netns int, buf []byte) (*diagSource, error) {
+	d, err := openDiagSource(tcpDiagGetSock, netns, buf)
 	if err != nil {
 		syscall.Close(netns)
 	}
@@ -97,8 +101,8 @@ func newDiagSourceIn(netns int) (*diagSource, error) {
 // of type walk, for the listeners alone (the small listening table, not
 // the connections'): an error reply means this kernel refuses it, and
 // dumps ask per family.
-func openDiagSource(walk uint16, netns int) (*diagSource, error) {
-	d := &diagSource{walk: walk, netns: netns, fd: -1, buf: make([]byte, diagBufSize), req: make([]byte, 0, 128)}
+func openDiagSource(walk uint16, netns int, buf []byte) (*diagSource, error) {
+	d := &diagSource{walk: walk, netns: netns, fd: -1, buf: buf, req: make([]byte, 0, 128)}
 	if err := d.open(); err != nil {
 		return nil, err
 	}

@@ -140,7 +140,7 @@ var diagSources = []struct {
 
 func openTestDiagSource(tb testing.TB, walk uint16) *diagSource {
 	tb.Helper()
-	d, err := openDiagSource(walk, -1)
+	d, err := openDiagSource(walk, -1, make([]byte, diagBufSize))
 	if err != nil {
 		tb.Fatalf("openDiagSource(%d, -1): %v", walk, err)
 	}

@@ -30,6 +30,7 @@ type node struct {
 	loggedOnlyOwn bool
 	scanErr       error
 	names         []string // the process list
+	diagBuf       []byte   // the receive buffer all namespaces' sources share
 }
 
 // proc is a process that a scan has found, and its namespace.
@@ -262,7 +263,10 @@ func (n *node) openNetlink(ns *namespace) {
 		var fd int
 		fd, err = syscall.Open(filepath.Join(n.x.s.procfs, strconv.Itoa(ns.pid), "ns", "net"), syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 		if err == nil {
-			d, err = newDiagSourceIn(fd)
+			if n.diagBuf == nil {
+				n.diagBuf = make([]byte, diagBufSize)
+			}
+			d, err = newDiagSourceIn(fd, n.diagBuf)
 		}
 	}
 	if err != nil {
