@@ -299,3 +299,12 @@ func (n *node) appendHealth(b []byte) []byte {
 	b = appendHeader(b, nsErrsName, "Reads of single network namespaces that failed and kept their last good counts", "counter")
 	return appendIntSample(b, nsErrsName, nil, int(n.readErrors))
 }
+
+// tracked is the connections the namespaces' trackers remember.
+func (n *node) tracked() int {
+	sum := 0
+	for _, ns := range n.sorted {
+		sum += ns.tr.tracked()
+	}
+	return sum
+}

@@ -407,7 +407,11 @@ func (x *exporter) appendHealth(b []byte, took time.Duration) []byte {
 	b = appendHeader(b, lastReadName, "How long the last read of the connection tables took", "gauge")
 	b = appendFloatSample(b, lastReadName, nil, took.Seconds())
 	b = appendHeader(b, trackedName, "Connections the exporter remembers the first-seen time of", "gauge")
-	b = appendIntSample(b, trackedName, nil, x.tr.tracked())
+	tracked := x.tr.tracked()
+	if x.node != nil {
+		tracked = x.node.tracked()
+	}
+	b = appendIntSample(b, trackedName, nil, tracked)
 	if x.node != nil {
 		b = x.node.appendHealth(b)
 	}
