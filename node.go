@@ -97,7 +97,12 @@ func (n *node) poll(b []byte) ([]byte, error) {
 			n.proc++
 		}
 		ns.tr.begin()
-		if err := n.x.read(&ns.nsReader); err != nil {
+		err := n.x.read(&ns.nsReader)
+		if err != nil && ns.diag == nil && n.repoint(ns, err) {
+			ns.tr.begin()
+			err = n.x.read(&ns.nsReader)
+		}
+		if err != nil {
 			n.readErrors++
 			continue
 		}
@@ -169,21 +174,19 @@ func (n *node) listProcs() error {
 	return err
 }
 
-// forget drops the processes the last scan did not list, the namespaces
-// left without one, and reads a namespace whose process went through
-// another of its processes.
+// forget drops the processes the last scan did not list and the
+// namespaces left without one, and reads a namespace whose process went
+// through another of its processes.
 func (n *node) forget() {
 	orphans := false
 	for pid, p := range n.procs {
-		if p.seen == n.gen {
-			continue
+		if p.seen != n.gen {
+			orphans = n.lose(pid) || orphans
 		}
-		delete(n.procs, pid)
-		ns := n.byNS[p.netns]
-		if ns.procs--; ns.procs == 0 {
+	}
+	for i := len(n.sorted) - 1; i >= 0; i-- {
+		if ns := n.sorted[i]; ns.procs == 0 {
 			n.remove(ns)
-		} else if ns.pid == pid {
-			ns.pid, orphans = 0, true
 		}
 	}
 	if !orphans {
@@ -195,6 +198,36 @@ func (n *node) forget() {
 			ns.paths = namespacePaths(n.x.s.procfs, pid)
 		}
 	}
+}
+
+// lose forgets process pid; it reports whether its namespace, which has
+// others, was read through it.
+func (n *node) lose(pid int) bool {
+	p := n.procs[pid]
+	delete(n.procs, pid)
+	ns := n.byNS[p.netns]
+	ns.procs--
+	if ns.pid != pid {
+		return false
+	}
+	ns.pid = 0
+	return ns.procs > 0
+}
+
+// repoint reads ns through another of its processes after the read
+// through ns.pid failed because that process has gone, or its number is
+// now another's; it reports whether there is one.
+func (n *node) repoint(ns *namespace, err error) bool {
+	if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, errOtherNamespace) || !n.lose(ns.pid) {
+		return false
+	}
+	for pid, p := range n.procs {
+		if p.netns == ns.inode {
+			ns.pid, ns.paths = pid, namespacePaths(n.x.s.procfs, pid)
+			return true
+		}
+	}
+	return false
 }
 
 func namespacePaths(procfs string, pid int) [2]string {
