@@ -28,7 +28,6 @@ type node struct {
 	readErrors    uint64 // of single namespaces
 	netlink, proc int    // namespaces read each way by the last read
 	loggedOnlyOwn bool
-	scanErr       error
 	names         []string // the process list
 	diagBuf       []byte   // the receive buffer all namespaces' sources share
 }
@@ -126,13 +125,8 @@ func (n *node) poll(b []byte) ([]byte, error) {
 // goes with its last.
 func (n *node) scan() error {
 	if err := n.listProcs(); err != nil {
-		if n.scanErr == nil || err.Error() != n.scanErr.Error() {
-			n.x.log.Printf("listing the processes of %s failed, reading the namespaces known: %v", n.x.s.procfs, err)
-		}
-		n.scanErr = err
-		return err
+		return fmt.Errorf("listing the processes, reading the namespaces known: %w", err)
 	}
-	n.scanErr = nil
 	n.gen++
 	for _, name := range n.names {
 		pid, err := strconv.Atoi(name)
