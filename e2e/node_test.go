@@ -426,6 +426,23 @@ type nodeExporter struct {
 	sc   *keepAliveScraper // one connection: the exporter's descriptors stay put
 }
 
+// logOnFailure logs what x wrote, and how it ended if it has, when the
+// test fails.
+func (x *nodeExporter) logOnFailure(t *testing.T, cmd *exec.Cmd, done <-chan struct{}) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		state := "running"
+		select {
+		case <-done:
+			state = cmd.ProcessState.String()
+		default:
+		}
+		t.Logf("the %s exporter (%s) logged:\n%s", x.who, state, x.log())
+	})
+}
+
 func (x *nodeExporter) metrics(t *testing.T) string {
 	t.Helper()
 	return x.sc.get(t, "/metrics")
@@ -434,7 +451,9 @@ func (x *nodeExporter) metrics(t *testing.T) string {
 func rootExporter(t *testing.T, args []string) *nodeExporter {
 	t.Helper()
 	p := startBinary(t, nil, args...)
-	return &nodeExporter{who: "root", pid: p.cmd.Process.Pid, port: p.port, log: p.stderr.String, sc: keepAlive(t, p.url)}
+	x := &nodeExporter{who: "root", pid: p.cmd.Process.Pid, port: p.port, log: p.stderr.String, sc: keepAlive(t, p.url)}
+	x.logOnFailure(t, p.cmd, p.done)
+	return x
 }
 
 // nobodyExporter runs the exporter as nobody, with no capability: it may
@@ -472,7 +491,9 @@ func (lab *nodeLab) nobodyExporter(t *testing.T, args []string) *nodeExporter {
 	if !strings.Contains(string(status), "\nUid:\t65534\t65534\t65534\t65534\n") {
 		t.Fatalf("the exporter under setpriv is not nobody:\n%s", status)
 	}
-	return &nodeExporter{who: "nobody", pid: p.cmd.Process.Pid, port: port, log: p.out.String, sc: keepAlive(t, url)}
+	x := &nodeExporter{who: "nobody", pid: p.cmd.Process.Pid, port: port, log: p.out.String, sc: keepAlive(t, url)}
+	x.logOnFailure(t, p.cmd, p.done)
+	return x
 }
 
 // checkCounts waits until x gives exactly the wanted series of the
