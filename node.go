@@ -44,7 +44,10 @@ type namespace struct {
 	pid    int // the process whose tables are read
 	procs  int // known processes in it
 	labels []byte
-	fams   [len(connFamilies)][]byte // its samples of the last good read
+	// labelTries counts the reads that looked at the cgroup; labelTries
+	// once it named a pod or container.
+	labelTries int
+	fams       [len(connFamilies)][]byte // its samples of the last good read
 }
 
 func newNode(x *exporter, cfg trackConfig) *node {
@@ -83,6 +86,17 @@ func (r *nsReader) checkInode(fd int) error {
 
 var errOtherNamespace = errors.New("the process has left the namespace")
 
+// gone reports, in node mode, whether the process of the table path, which
+// does not exist, has gone: then its tcp6 is missing not because the
+// kernel has no IPv6, and the read fails.
+func (r *nsReader) gone(path string) bool {
+	if r.inode == 0 {
+		return false
+	}
+	_, err := os.Stat(filepath.Dir(path))
+	return err != nil
+}
+
 // poll scans the processes, reads every namespace and writes their
 // connection families. A namespace whose read fails keeps the samples of
 // its last good read; only a failed scan is the read's error.
@@ -94,6 +108,9 @@ func (n *node) poll(b []byte) ([]byte, error) {
 			n.netlink++
 		} else {
 			n.proc++
+		}
+		if ns.labelTries < labelTries && ns.pid != 0 {
+			n.label(ns)
 		}
 		ns.tr.begin()
 		err := n.x.read(&ns.nsReader)
@@ -238,18 +255,32 @@ func (n *node) add(inode uint64, pid int) *namespace {
 	tr := newTracker(cfg, monotonic())
 	ns := &namespace{nsReader: nsReader{inode: inode, tr: tr, observe: tr.observe}, pid: pid}
 	ns.paths = namespacePaths(n.x.s.procfs, pid)
-	var l cgroupLabels
-	if data, err := os.ReadFile(filepath.Join(n.x.s.procfs, strconv.Itoa(pid), "cgroup")); err == nil {
-		l = parseCgroup(data)
-	}
-	ns.labels = appendLabel(appendLabel(appendLabel(nil, "netns", strconv.FormatUint(inode, 10)),
-		"pod_uid", l.podUID), "container_id", l.containerID)
-	ns.name = fmt.Sprintf("network namespace %d (pod_uid %q, container_id %q, process %d): ", inode, l.podUID, l.containerID, pid)
+	n.label(ns)
 	n.openNetlink(ns)
 	n.byNS[inode] = ns
 	i, _ := slices.BinarySearchFunc(n.sorted, inode, func(ns *namespace, inode uint64) int { return cmpUint(ns.inode, inode) })
 	n.sorted = slices.Insert(n.sorted, i, ns)
 	return ns
+}
+
+// labelTries is how many reads look again at the cgroup of a namespace
+// that none names: a runtime moves a container's first process into its
+// cgroup only after it has started, and a scan can come between.
+const labelTries = 5
+
+// label reads the labels of ns from the cgroup of its process.
+func (n *node) label(ns *namespace) {
+	var l cgroupLabels
+	if data, err := os.ReadFile(filepath.Join(n.x.s.procfs, strconv.Itoa(ns.pid), "cgroup")); err == nil {
+		l = parseCgroup(data)
+	}
+	ns.labels = appendLabel(appendLabel(appendLabel(ns.labels[:0], "netns", strconv.FormatUint(ns.inode, 10)),
+		"pod_uid", l.podUID), "container_id", l.containerID)
+	ns.name = fmt.Sprintf("network namespace %d (pod_uid %q, container_id %q, process %d): ", ns.inode, l.podUID, l.containerID, ns.pid)
+	ns.labelTries++
+	if l != (cgroupLabels{}) {
+		ns.labelTries = labelTries
+	}
 }
 
 func cmpUint(a, b uint64) int {

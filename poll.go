@@ -316,7 +316,7 @@ func (x *exporter) readTable(f *tableFile, r *nsReader, i int) error {
 	path := r.paths[i]
 	var err error
 	x.table, err = openTable(path)
-	if errors.Is(err, syscall.ENOENT) && f.optional {
+	if errors.Is(err, syscall.ENOENT) && f.optional && !r.gone(path) {
 		if !f.missing {
 			x.log.Printf("%s does not exist: IPv6 connections are not counted", path)
 			f.missing = true
