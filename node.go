@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -28,8 +29,9 @@ type node struct {
 	readErrors    uint64 // of single namespaces
 	netlink, proc int    // namespaces read each way by the last read
 	loggedOnlyOwn bool
-	names         []string // the process list
-	diagBuf       []byte   // the receive buffer all namespaces' sources share
+	pids          []int  // the process list
+	dirBuf        []byte // what getdents reads it into
+	diagBuf       []byte // the receive buffer all namespaces' sources share
 }
 
 // proc is a process that a scan has found, and its namespace.
@@ -145,17 +147,13 @@ func (n *node) scan() error {
 		return fmt.Errorf("listing the processes, reading the namespaces known: %w", err)
 	}
 	n.gen++
-	for _, name := range n.names {
-		pid, err := strconv.Atoi(name)
-		if err != nil || pid <= 0 {
-			continue
-		}
+	for _, pid := range n.pids {
 		if p, ok := n.procs[pid]; ok {
 			p.seen = n.gen
 			n.procs[pid] = p
 			continue
 		}
-		inode, err := tableInode(filepath.Join(n.x.s.procfs, name))
+		inode, err := tableInode(filepath.Join(n.x.s.procfs, strconv.Itoa(pid)))
 		if err != nil {
 			continue // gone already, or a process whose tables this reader may not see
 		}
@@ -174,15 +172,70 @@ func (n *node) scan() error {
 	return nil
 }
 
-// listProcs reads the names under procfs into n.names.
+// listProcs reads the process ids under procfs into n.pids. It reads the
+// directory with getdents(2) into a buffer kept from read to read, not
+// with Readdirnames, which makes a string of every entry: on a node of
+// thousands of processes that is most of the garbage a read makes.
 func (n *node) listProcs() error {
-	dir, err := os.Open(n.x.s.procfs)
+	fd, err := syscall.Open(n.x.s.procfs, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return &os.PathError{Op: "open", Path: n.x.s.procfs, Err: err}
 	}
-	defer dir.Close()
-	n.names, err = dir.Readdirnames(-1)
-	return err
+	defer syscall.Close(fd)
+	if n.dirBuf == nil {
+		n.dirBuf = make([]byte, 32<<10)
+	}
+	n.pids = n.pids[:0]
+	for {
+		size, err := syscall.Getdents(fd, n.dirBuf)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "getdents", Path: n.x.s.procfs, Err: err}
+		}
+		if size <= 0 {
+			return nil
+		}
+		n.pids = appendPids(n.pids, n.dirBuf[:size])
+	}
+}
+
+// appendPids appends the process ids that the entries of buf, a
+// getdents64 reply, name: the entries whose names are decimal numbers.
+// An entry is struct linux_dirent64, the same on every architecture: the
+// inode and offset (8 bytes each), its length (2), its type (1), and its
+// name, ended by a NUL.
+func appendPids(pids []int, buf []byte) []int {
+	const nameAt = 19
+	for len(buf) > nameAt {
+		size := int(binary.NativeEndian.Uint16(buf[16:]))
+		if size <= nameAt || size > len(buf) {
+			break // not a dirent: the kernel does not write this
+		}
+		if pid := parsePid(buf[nameAt:size]); pid > 0 {
+			pids = append(pids, pid)
+		}
+		buf = buf[size:]
+	}
+	return pids
+}
+
+// parsePid is the number that name, ended by a NUL, spells in decimal, or
+// 0 where it spells none (".", "self", "sys", ...) or more than a pid
+// can be.
+func parsePid(name []byte) int {
+	pid := 0
+	for i, c := range name {
+		switch {
+		case c == 0 && i > 0:
+			return pid
+		case c < '0' || c > '9' || i >= 10:
+			return 0
+		}
+		pid = pid*10 + int(c-'0')
+	}
+	return 0
 }
 
 // forget drops the processes the last scan did not list and the
