@@ -162,9 +162,14 @@ func (t *tracker) keepIdleSeries() {
 		t.series.items[t.seriesFor(seriesKey{dir, p, v6})].keep = true
 	}
 	if c.in {
-		t.listen4.each(func(p uint16) { keep(dirIn, p, false) })
-		t.listen6.each(func(p uint16) { keep(dirIn, p, true) })
-		t.listenAny.each(func(p uint16) { keep(dirIn, p, false); keep(dirIn, p, true) })
+		for p, kind := range t.listen {
+			if kind&(listen4|listenAny) != 0 {
+				keep(dirIn, p, false)
+			}
+			if kind&(listen6|listenAny) != 0 {
+				keep(dirIn, p, true)
+			}
+		}
 	}
 	if c.ports != nil {
 		for _, d := range []direction{dirIn, dirOut} {

@@ -85,7 +85,6 @@ type portSet [65536 / 64]uint64
 
 func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
 func (s *portSet) has(p uint16) bool { return s[p/64]&(1<<(p%64)) != 0 }
-func (s *portSet) clear()            { *s = portSet{} }
 
 func (s *portSet) each(fn func(p uint16)) {
 	for i, w := range s {
@@ -94,6 +93,16 @@ func (s *portSet) each(fn func(p uint16)) {
 		}
 	}
 }
+
+// listenKind is where a port's LISTEN sockets were seen: bits of listen4,
+// listen6 and listenAny.
+type listenKind uint8
+
+const (
+	listen4   listenKind = 1 << iota // in tcp, or tcp6 on a v4-mapped address
+	listen6                          // in tcp6, on an IPv6 address
+	listenAny                        // in tcp6 on ::, which takes IPv4 too
+)
 
 // tracker turns successive reads of the connection tables into ages and
 // counts. A read is begin, observe for every socket, then end; a read that
@@ -125,8 +134,19 @@ type tracker struct {
 	// saw many new connections: memory the process may give back.
 	burstEnded bool
 
-	listen4, listen6 portSet // local ports with a LISTEN socket in tcp / tcp6
-	listenAny        portSet // a tcp6 listener on :: takes IPv4 too
+	// listen holds the local ports with a LISTEN socket, and of which
+	// kinds. A map, not three portSets: a node's exporter keeps a tracker
+	// for each namespace, most of which listen on a port or two, and
+	// 24 KiB of bitmaps each, cleared at every read, would be most of its
+	// memory; a lookup is only made for a new connection.
+	listen map[uint16]listenKind
+	// lastListen is the port and kind observeListen added last: the
+	// listeners of one port (SO_REUSEPORT's, one a worker; one an address)
+	// are listed one after the other, and a repeat costs no map write.
+	lastListen struct {
+		port uint16
+		kind listenKind
+	}
 
 	series      slots[*series] // nil where free
 	seriesByKey map[seriesKey]int32
@@ -147,6 +167,7 @@ func newTracker(cfg trackConfig, now func() time.Duration) *tracker {
 		seriesByKey: make(map[seriesKey]int32),
 
 		clientsByKey: make(map[clientKey]int32),
+		listen:       make(map[uint16]listenKind),
 	}
 }
 
@@ -157,9 +178,8 @@ func (t *tracker) begin() {
 	t.seenN = 0
 	t.next, t.cursor = t.next[:0], 0
 	t.pending = t.pending[:0]
-	t.listen4.clear()
-	t.listen6.clear()
-	t.listenAny.clear()
+	clear(t.listen)
+	t.lastListen.kind = 0
 	for _, s := range t.series.items {
 		if s != nil {
 			s.longterm, s.established, s.clients, s.keep = 0, 0, 0, false
@@ -181,14 +201,18 @@ func (t *tracker) observe(s *socket) {
 func (t *tracker) observeListen(s *socket) {
 	p := s.Local.Port()
 	a := s.Local.Addr()
+	kind := listen6
 	switch {
 	case a.Is4() || a.Is4In6():
-		t.listen4.add(p)
+		kind = listen4
 	case a.IsUnspecified():
-		t.listenAny.add(p)
-	default:
-		t.listen6.add(p)
+		kind = listenAny
 	}
+	if t.lastListen.port == p && t.lastListen.kind == kind {
+		return
+	}
+	t.listen[p] |= kind
+	t.lastListen.port, t.lastListen.kind = p, kind
 }
 
 func (t *tracker) observeEstablished(s *socket) {
@@ -265,7 +289,7 @@ func (t *tracker) lookup(k *connKey) (int32, bool) {
 }
 
 func (t *tracker) listening(p uint16) bool {
-	return t.listen4.has(p) || t.listen6.has(p) || t.listenAny.has(p)
+	return t.listen[p] != 0
 }
 
 // end finishes the current read: it classifies the new connections,
