@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -21,9 +22,19 @@ func runFloor(at place, bin string, reads int, source, walk, port string) (time.
 	if port != "" {
 		args = append(args, "-port", port)
 	}
-	out, err := at.command(bin, args...).Output()
+	return cpuPerRead(at.command(bin, args...))
+}
+
+// cpuPerRead runs cmd, a floor-like program, and returns the CPU time per
+// read it prints.
+func cpuPerRead(cmd *exec.Cmd) (time.Duration, error) {
+	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("floor %s: %v", strings.Join(args, " "), err)
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		return 0, fmt.Errorf("%s: %v %s", strings.Join(cmd.Args, " "), err, stderr)
 	}
 	for f := range strings.FieldsSeq(string(out)) {
 		if v, ok := strings.CutPrefix(f, "cpu_per_read_ns="); ok {
@@ -31,5 +42,5 @@ func runFloor(at place, bin string, reads int, source, walk, port string) (time.
 			return time.Duration(ns), err
 		}
 	}
-	return 0, fmt.Errorf("floor: no figure in %q", out)
+	return 0, fmt.Errorf("%s: no figure in %q", cmd.Args[0], out)
 }

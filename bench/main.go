@@ -18,8 +18,15 @@
 // empty namespace: once sharing the host's connection table, whose walks
 // skip the 2N sockets, and once made after net.ipv4.tcp_child_ehash_entries
 // is set to 1024 in the bench's namespace (the host's is never touched, and
-// the bench's is restored at once), with a table of its own. Figures drift
-// between runs and machines: compare the ratios, which are taken in one run.
+// the bench's is restored at once), with a table of its own. The -node rows
+// (off by default) measure the exporter of a node (-namespaces all) on K
+// network namespaces of pods beside the bench's own (see nodemeasure.go);
+// for them the bench runs in a PID namespace of its own too, so that the
+// exporter's /proc lists the bench's processes alone, and everything the
+// bench started ends with it. Figures drift between runs and machines:
+// compare the ratios, which are taken in one run.
+//
+//	go run ./bench -n "" -busy "" -node 100,1000
 package main
 
 import (
@@ -42,11 +49,16 @@ func main() {
 		scrapes = flag.Int("scrapes", 1000, "scrapes to measure /metrics latency over, in bursts of 200")
 		extra   = flag.String("args", "", "extra exporter flags, space-separated")
 		busy    = flag.String("busy", "10000,100000", `connections held beside an empty namespace, comma-separated; "" for none`)
+		node    = flag.String("node", "", `network namespaces of pods on a node, comma-separated (at most 1000); "" for none`)
 	)
 	flag.Parse()
 	log.SetFlags(0)
 	log.SetPrefix("bench: ")
-	if reexecInNetns() {
+	nodeCounts, err := parseNode(*node)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if reexecInNetns(len(nodeCounts) > 0) {
 		return
 	}
 	counts, err := parseCounts(*ns, 0)
@@ -61,12 +73,16 @@ func main() {
 		log.Print("the empty-namespace rows need root and unshare: not measured")
 		busyCounts = nil
 	}
+	if len(nodeCounts) > 0 && os.Getenv(pidnsEnv) == "" {
+		log.Print("the node rows need root and unshare: not measured")
+		nodeCounts = nil
+	}
 	dir, err := os.MkdirTemp("", "tee-bench")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	bins, err := buildAll(dir)
+	bins, err := buildAll(dir, len(nodeCounts) > 0)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -76,7 +92,8 @@ func main() {
 	busyRows := runRows(busyCounts, &last, "beside an empty namespace: ", func(n int) ([]result, error) {
 		return measureBusy(bins, cfg, n)
 	})
-	printTable(os.Stdout, rows, busyRows, bins)
+	printTable(os.Stdout, rows, busyRows, bins) // before the node rows, which take long
+	printNode(os.Stdout, runNodeRows(bins, cfg, nodeCounts, last))
 }
 
 // runRows measures f at each of counts, waiting first for the TIME_WAIT
@@ -115,9 +132,30 @@ func parseCounts(s string, least int) ([]int, error) {
 	return counts, nil
 }
 
+// Environment variables the bench passes to itself run again in
+// namespaces of its own: the network namespaces it must never change (the
+// one it was started in, and that of the machine's init), and that it is
+// PID 1 of a PID namespace with its own /proc.
+const (
+	outerNetnsEnv = "TEE_BENCH_OUTER_NETNS"
+	pidnsEnv      = "TEE_BENCH_PIDNS"
+)
+
+// parseNode parses the -node list of namespace counts, at most maxPods.
+func parseNode(s string) ([]int, error) {
+	counts, err := parseCounts(s, 1)
+	for _, k := range counts {
+		if k > maxPods {
+			return nil, fmt.Errorf("-node %d: at most %d namespaces", k, maxPods)
+		}
+	}
+	return counts, err
+}
+
 // reexecInNetns runs this program again in a new network namespace when
-// root, with loopback up; it reports whether it did (and so is done).
-func reexecInNetns() bool {
+// root, with loopback up, and in a new PID namespace with a /proc of its
+// own when pidns; it reports whether it did (and so is done).
+func reexecInNetns(pidns bool) bool {
 	if os.Geteuid() != 0 || os.Getenv("TEE_BENCH_NETNS") != "" {
 		if os.Getenv("TEE_BENCH_NETNS") != "" {
 			if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
@@ -133,8 +171,17 @@ func reexecInNetns() bool {
 	if err != nil {
 		return false
 	}
-	cmd := exec.Command("unshare", append([]string{"-n", self}, os.Args[1:]...)...)
-	cmd.Env = append(os.Environ(), "TEE_BENCH_NETNS=1")
+	flags := []string{"-n"}
+	env := []string{"TEE_BENCH_NETNS=1"}
+	if pidns {
+		flags = append(flags, "-p", "-f", "--mount-proc")
+		env = append(env, pidnsEnv+"=1")
+	}
+	own, _ := os.Readlink("/proc/self/ns/net")
+	first, _ := os.Readlink("/proc/1/ns/net")
+	env = append(env, outerNetnsEnv+"="+own+" "+first)
+	cmd := exec.Command("unshare", append(append(flags, self), os.Args[1:]...)...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		log.Fatal(err)
@@ -144,33 +191,33 @@ func reexecInNetns() bool {
 
 // binaries are the programs a run measures or uses.
 type binaries struct {
-	exporter, bare, load, floor string
+	exporter, bare, load, floor, cadvisor string
 }
 
 // buildAll builds the exporter as the Dockerfile does, a bare net/http
 // server with the same flags (the size the exporter cannot go below), the
-// load tool and the floor.
-func buildAll(dir string) (binaries, error) {
+// load tool and the floor; and cAdvisor's way of reading, for node rows.
+func buildAll(dir string, node bool) (binaries, error) {
 	b := binaries{
 		exporter: filepath.Join(dir, "tcp_established_exporter"),
 		bare:     filepath.Join(dir, "bare"),
 		load:     filepath.Join(dir, "load"),
 		floor:    filepath.Join(dir, "floor"),
 	}
-	bareSrc := filepath.Join(dir, "baresrc")
-	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
+	bareSrc, err := writeBare(dir)
+	if err != nil {
 		return b, err
 	}
-	if err := os.WriteFile(filepath.Join(bareSrc, "go.mod"), []byte("module bare\n\ngo 1.26\n"), 0o644); err != nil {
-		return b, err
-	}
-	if err := os.WriteFile(filepath.Join(bareSrc, "main.go"), []byte(bareServer), 0o644); err != nil {
-		return b, err
-	}
-	for _, c := range []struct{ dir, out, pkg string }{
+	type pkg struct{ dir, out, pkg string }
+	pkgs := []pkg{
 		{".", b.exporter, "."}, {bareSrc, b.bare, "."}, {".", b.load, "./bench/load"},
 		{".", b.floor, "./bench/floor"},
-	} {
+	}
+	if node {
+		b.cadvisor = filepath.Join(dir, "cadvisor")
+		pkgs = append(pkgs, pkg{".", b.cadvisor, "./bench/cadvisor"})
+	}
+	for _, c := range pkgs {
 		cmd := exec.Command("go", "build", "-trimpath", "-gcflags=crypto/...=-l", "-ldflags=-s -w", "-o", c.out, c.pkg)
 		cmd.Dir = c.dir
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -179,6 +226,19 @@ func buildAll(dir string) (binaries, error) {
 		}
 	}
 	return b, nil
+}
+
+// writeBare writes the bare server's module under dir and returns its
+// directory.
+func writeBare(dir string) (string, error) {
+	bareSrc := filepath.Join(dir, "baresrc")
+	if err := os.MkdirAll(bareSrc, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(bareSrc, "go.mod"), []byte("module bare\n\ngo 1.26\n"), 0o644); err != nil {
+		return "", err
+	}
+	return bareSrc, os.WriteFile(filepath.Join(bareSrc, "main.go"), []byte(bareServer), 0o644)
 }
 
 const bareServer = `package main

@@ -17,11 +17,17 @@ const exporterAddr = "127.0.0.1:19690"
 // startExporter starts the exporter in at's namespace and waits until it
 // answers there.
 func startExporter(at place, bin string, args []string) (*exec.Cmd, error) {
-	cmd := at.command(bin, append([]string{"-listen", exporterAddr}, args...)...)
+	cmd := at.command(bin, append([]string{"-listen", at.listen()}, args...)...)
+	return cmd, startUp(at, cmd)
+}
+
+// startUp starts cmd, an exporter of at, and waits until it answers there;
+// it kills it should it not.
+func startUp(at place, cmd *exec.Cmd) error {
 	var logs bytes.Buffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	err := waitFor(30*time.Second, "the exporter", func() bool {
 		status, _, err := get(at, "/healthz", false)
@@ -30,9 +36,9 @@ func startExporter(at place, bin string, args []string) (*exec.Cmd, error) {
 	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
-		return nil, fmt.Errorf("%v\n%s", err, logs.String())
+		return fmt.Errorf("%v\n%s", err, logs.String())
 	}
-	return cmd, nil
+	return nil
 }
 
 // readCount is the exporter's count of reads, from its own counter.
@@ -56,7 +62,7 @@ func readCount(at place) float64 {
 // get fetches path from the exporter in at's namespace; gzip-encoded, as
 // Prometheus asks, when gzip.
 func get(at place, path string, gzip bool) (status int, body []byte, err error) {
-	req, _ := http.NewRequest("GET", "http://"+exporterAddr+path, nil)
+	req, _ := http.NewRequest("GET", "http://"+at.listen()+path, nil)
 	if gzip {
 		req.Header.Set("Accept-Encoding", "gzip")
 	}

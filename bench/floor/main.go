@@ -23,10 +23,16 @@
 // when the next line does not fit or the table ends), not at a last call
 // that returns 0 after walking the whole table again.
 //
+// With -netns, a file of network namespaces (/proc/PID/ns/net), one a line,
+// a netlink read dumps each of them, as the exporter of a node does: a
+// socket is opened inside each, once, by a thread that enters it (setns),
+// and kept; a read asks each socket in turn.
+//
 //	floor -reads 20                   # cpu_per_read_ns=... reads=20 sockets=...
 //	floor -reads 20 -walk family      # the same sockets, in two walks
 //	floor -reads 20 -port 8080        # listeners, and only port 8080's
 //	floor -reads 20 -source proc
+//	floor -reads 20 -netns namespaces.txt
 package main
 
 import (
@@ -34,6 +40,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -56,15 +64,16 @@ func main() {
 	source := flag.String("source", "netlink", "netlink or proc")
 	port := flag.Int("port", 0, "netlink: dump only this port's established sockets (0: all)")
 	walk := flag.String("walk", "one", "netlink: one (one request for both families) or family (one a family)")
+	netns := flag.String("netns", "", "netlink: a file of network namespace paths, one a line, each dumped by every read")
 	flag.Parse()
 	if *reads < 1 || *reads > 10000 || *port < 0 || *port > 65535 || *source != "netlink" && *source != "proc" ||
-		*source == "proc" && *port != 0 || *walk != "one" && *walk != "family" {
+		*source == "proc" && (*port != 0 || *netns != "") || *walk != "one" && *walk != "family" {
 		fmt.Fprintln(os.Stderr, "floor: bad flags")
 		os.Exit(2)
 	}
 	read := readProc
 	if *source == "netlink" {
-		read = dumper(uint16(*port), *walk == "one")
+		read = dumper(sockets(*netns), uint16(*port), *walk == "one")
 	}
 	buf := make([]byte, 1<<20)
 	read(buf) // not measured: the first touches pages and code
@@ -120,13 +129,80 @@ func readProc(buf []byte) int {
 	return total
 }
 
-// dumper returns a read of the sock_diag dump: both families, in one walk
-// or one a family, all ports or one, and the sockets it listed.
-func dumper(port uint16, oneWalk bool) func(buf []byte) int {
-	fd, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
+// diagSocket opens a sock_diag socket in the calling thread's namespace.
+func diagSocket() (int, error) {
+	return syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_RAW|syscall.SOCK_CLOEXEC, syscall.NETLINK_INET_DIAG)
+}
+
+// sockets opens the sock_diag sockets a read dumps: one in the floor's own
+// namespace when list is "", else one in each namespace the file list
+// names, opened by a thread that enters each in turn and is never used
+// again: its goroutine ends locked to it, which ends the thread.
+func sockets(list string) []int {
+	if list == "" {
+		fd, err := diagSocket()
+		if err != nil {
+			fail(err)
+		}
+		return []int{fd}
+	}
+	data, err := os.ReadFile(list)
 	if err != nil {
 		fail(err)
 	}
+	paths := strings.Fields(string(data))
+	fds := make([]int, 0, len(paths))
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: see above
+		for _, path := range paths {
+			fd, err := socketIn(path)
+			if err != nil {
+				done <- err
+				return
+			}
+			fds = append(fds, fd)
+		}
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		fail(err)
+	}
+	return fds
+}
+
+// socketIn moves the calling thread into the network namespace at path and
+// opens a sock_diag socket there, which stays in it.
+func socketIn(path string) (int, error) {
+	ns, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer syscall.Close(ns)
+	if _, _, e := syscall.RawSyscall(setnsTrap(), uintptr(ns), syscall.CLONE_NEWNET, 0); e != 0 {
+		return -1, fmt.Errorf("setns %s: %w", path, e)
+	}
+	return diagSocket()
+}
+
+// setnsTrap is setns(2)'s number, which package syscall's tables for
+// amd64 and 386 lack.
+func setnsTrap() uintptr {
+	switch runtime.GOARCH {
+	case "amd64":
+		return 308
+	case "386":
+		return 346
+	case "arm":
+		return 375
+	}
+	return 268 // arm64, riscv64, loong64
+}
+
+// dumper returns a read of the sock_diag dump of each socket of fds: both
+// families, in one walk or one a family, all ports or one, and the sockets
+// it listed.
+func dumper(fds []int, port uint16, oneWalk bool) func(buf []byte) int {
 	families := []uint8{syscall.AF_INET, syscall.AF_INET6}
 	if oneWalk {
 		families = []uint8{syscall.AF_UNSPEC}
@@ -143,9 +219,11 @@ func dumper(port uint16, oneWalk bool) func(buf []byte) int {
 	}
 	return func(buf []byte) int {
 		msgs := 0
-		for _, req := range reqs {
-			if err := run(fd, req, buf[:64<<10], &msgs); err != nil {
-				fail(err)
+		for _, fd := range fds {
+			for _, req := range reqs {
+				if err := run(fd, req, buf[:64<<10], &msgs); err != nil {
+					fail(err)
+				}
 			}
 		}
 		return msgs
