@@ -120,6 +120,16 @@ func appendSeriesLabels(b []byte, k seriesKey, withDir bool) []byte {
 	return append(b, `",tcp_version="4"`...)
 }
 
+// bucketBounds are the le values of the lifetime buckets, formatted once:
+// a node's read writes a histogram for every series of every namespace.
+var bucketBounds = func() (le [len(lifetimeBuckets) + 1]string) {
+	for i, v := range lifetimeBuckets {
+		le[i] = string(appendFloat(nil, v))
+	}
+	le[len(lifetimeBuckets)] = "+Inf"
+	return le
+}()
+
 // appendHistogram writes the cumulative buckets, sum and count of h;
 // labels are written without braces and may be empty.
 func appendHistogram(b, labels []byte, h *histogram) []byte {
@@ -132,11 +142,7 @@ func appendHistogram(b, labels []byte, h *histogram) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `le="`...)
-		if i < len(lifetimeBuckets) {
-			b = appendFloat(b, lifetimeBuckets[i])
-		} else {
-			b = append(b, "+Inf"...)
-		}
+		b = append(b, bucketBounds[i]...)
 		b = append(b, `"} `...)
 		b = strconv.AppendUint(b, n, 10)
 		b = append(b, '\n')
