@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -32,6 +33,13 @@ type node struct {
 	pids          []int  // the process list
 	dirBuf        []byte // what getdents reads it into
 	diagBuf       []byte // the receive buffer all namespaces' sources share
+
+	// What /proc/loadavg said before the last full scan, and the scans
+	// skipped since because it says the same (see unchanged); watch is
+	// false where it cannot tell.
+	watch   bool
+	tasks   taskCount
+	skipped int
 }
 
 // proc is a process that a scan has found, and its namespace.
@@ -60,6 +68,7 @@ func newNode(x *exporter, cfg trackConfig) *node {
 			break
 		}
 	}
+	n.watch = samePIDNamespace(filepath.Join(x.s.procfs, "self", "status"))
 	return n
 }
 
@@ -143,9 +152,15 @@ func (n *node) poll(b []byte) ([]byte, error) {
 // has not seen before: a namespace is found with its first process and
 // goes with its last.
 func (n *node) scan() error {
+	tasks, ok := n.unchanged()
+	if ok {
+		return nil
+	}
 	if err := n.listProcs(); err != nil {
+		n.tasks = taskCount{}
 		return fmt.Errorf("listing the processes, reading the namespaces known: %w", err)
 	}
+	n.tasks, n.skipped = tasks, 0
 	n.gen++
 	for _, pid := range n.pids {
 		if p, ok := n.procs[pid]; ok {
@@ -170,6 +185,86 @@ func (n *node) scan() error {
 		n.loggedOnlyOwn = true
 	}
 	return nil
+}
+
+// fullScanEvery bounds the scans in a row that unchanged may skip.
+const fullScanEvery = 10
+
+// unchanged reports whether no process or thread has begun or ended since
+// the last scan began, so that a scan would find the processes it found
+// then; and what /proc/loadavg says now, read before the scan that the
+// caller makes otherwise. A new task, of any process in the reader's PID
+// namespace or one below it, moves the last pid that loadavg shows in it;
+// without a new one, the count of tasks falls with every one that ends.
+// The count is of the whole system: in the host's PID namespace this is
+// exact; in one below it (the exporter's procfs then lists that
+// namespace's processes alone), a task ending in it while one begins
+// outside within one read goes unseen until the next full scan, at most
+// fullScanEvery reads later. A scan of a node of thousands of processes
+// costs milliseconds, mostly the kernel's listing of /proc; a node's
+// processes rarely change from one second to the next.
+func (n *node) unchanged() (taskCount, bool) {
+	if !n.watch {
+		return taskCount{}, false
+	}
+	t, err := readTaskCount(filepath.Join(n.x.s.procfs, "loadavg"))
+	if err != nil || t != n.tasks || n.skipped >= fullScanEvery {
+		return t, false
+	}
+	n.skipped++
+	return t, true
+}
+
+// taskCount is what the last two fields of /proc/loadavg say of the tasks:
+// how many there are on the system, and the pid last given out in the
+// reader's PID namespace.
+type taskCount struct{ tasks, lastPid uint64 }
+
+// readTaskCount reads path, a /proc/loadavg, without allocating:
+// "0.00 0.01 0.05 1/123 4567\n".
+func readTaskCount(path string) (taskCount, error) {
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return taskCount{}, err
+	}
+	var buf [128]byte
+	size, err := syscall.Read(fd, buf[:])
+	syscall.Close(fd)
+	if err != nil {
+		return taskCount{}, err
+	}
+	return parseTaskCount(buf[:max(size, 0)])
+}
+
+var errLoadavg = errors.New("not a /proc/loadavg")
+
+func parseTaskCount(b []byte) (taskCount, error) {
+	var f [5][]byte // the fourth is running/tasks, the fifth the last pid
+	for i := range f {
+		f[i], b = nextField(b)
+	}
+	_, tasks, _ := bytes.Cut(f[3], []byte("/"))
+	n, ok1 := parseDecimal(tasks)
+	last, ok2 := parseDecimal(bytes.TrimSuffix(f[4], []byte("\n")))
+	if !ok1 || !ok2 || n == 0 {
+		return taskCount{}, errLoadavg
+	}
+	return taskCount{n, last}, nil
+}
+
+// samePIDNamespace reports whether the proc_pid_status(5) file at path,
+// the reader's own under procfs, shows one pid: procfs is then of the
+// reader's PID namespace, the one whose last pid /proc/loadavg shows.
+// Where procfs is of another (the host's /proc mounted in a container of
+// a PID namespace of its own), the line lists a pid in each.
+func samePIDNamespace(path string) bool {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	_, rest, ok := bytes.Cut(data, []byte("\nNSpid:"))
+	line, _, _ := bytes.Cut(rest, []byte("\n"))
+	return ok && len(bytes.Fields(line)) == 1
 }
 
 // listProcs reads the process ids under procfs into n.pids. It reads the

@@ -1,7 +1,11 @@
 package main
 
 import (
+	"io"
+	"log"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -68,6 +72,97 @@ func TestParsePid(t *testing.T) {
 	} {
 		if got := parsePid([]byte(name)); got != want {
 			t.Errorf("parsePid(%q) = %d, want %d", name, got, want)
+		}
+	}
+}
+
+// TestScanSkipsWhileTasksUnchanged scans a procfs of its own making: a
+// scan that loadavg says would find what the last one found is skipped,
+// one after a change in either of its figures is not, nor the scan after
+// fullScanEvery skipped ones, nor any where procfs is of another PID
+// namespace than the reader's.
+func TestScanSkipsWhileTasksUnchanged(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("self/status", "Name:\texporter\nPid:\t7\nNSpid:\t7\nNSpgid:\t7\n")
+	write("loadavg", "0.00 0.01 0.05 1/100 4567\n")
+	write("1/cmdline", "")
+	x := &exporter{s: &settings{procfs: dir}, log: log.New(io.Discard, "", 0)}
+	n := newNode(x, trackConfig{})
+	if !n.watch {
+		t.Fatal("procfs/self/status shows one pid, but the node does not watch loadavg")
+	}
+	scan := func(want int, why string) {
+		t.Helper()
+		if err := n.scan(); err != nil {
+			t.Fatal(err)
+		}
+		if len(n.pids) != want {
+			t.Errorf("%s: the scan lists %d processes, want %d", why, len(n.pids), want)
+		}
+	}
+	scan(1, "first scan")
+	write("2/cmdline", "")
+	scan(1, "loadavg unchanged") // skipped: the list is the last one's
+	write("loadavg", "0.00 0.01 0.05 1/100 4569\n")
+	scan(2, "a new last pid")
+	write("3/cmdline", "")
+	write("loadavg", "0.00 0.01 0.05 1/101 4569\n")
+	scan(3, "another count of tasks")
+	write("4/cmdline", "")
+	for i := range fullScanEvery {
+		scan(3, "skipped scan "+strconv.Itoa(i+1))
+	}
+	scan(4, "after fullScanEvery skipped scans")
+
+	write("self/status", "Name:\texporter\nPid:\t7\nNSpid:\t9\t7\n")
+	if newNode(x, trackConfig{}).watch {
+		t.Error("procfs of the parent PID namespace (NSpid of two pids): the node watches loadavg, whose last pid is of another")
+	}
+}
+
+// TestTaskCountMoves checks on the real /proc what the skipping rests on:
+// a new process moves loadavg's last pid.
+func TestTaskCountMoves(t *testing.T) {
+	before, err := readTaskCount("/proc/loadavg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command("true").Run(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := readTaskCount("/proc/loadavg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.lastPid == before.lastPid {
+		t.Errorf("a process was started, but /proc/loadavg's last pid stayed %d", after.lastPid)
+	}
+}
+
+func TestParseTaskCount(t *testing.T) {
+	for in, want := range map[string]taskCount{
+		"0.00 0.01 0.05 1/123 4567\n":   {123, 4567},
+		"12.50 3.00 1.00 17/2146 11251": {2146, 11251},
+		"0.00 0.01 0.05 1/4194304 0\n":  {4194304, 0},
+		"0.00 0.01 0.05 1/123\n":        {},
+		"0.00 0.01 0.05 123 4567\n":     {},
+		"0.00 0.01 0.05 1/x 4567\n":     {},
+		"0.00 0.01 0.05 1/0 4567\n":     {},
+		"0.00 0.01 0.05 1/123 45x67\n":  {},
+		"":                              {},
+	} {
+		got, err := parseTaskCount([]byte(in))
+		if got != want || (err != nil) != (want == taskCount{}) {
+			t.Errorf("parseTaskCount(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 }
